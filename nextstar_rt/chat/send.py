@@ -1,0 +1,133 @@
+"""The send path: hooks, group commit, ack, publish, post-send hooks."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from ..admin.hooks import Action, Draft, HookPipeline
+from ..config import ChatSettings
+from ..store.writer import Append, BatchWriter, Stored
+from ..wire.errors import ErrorCode, NextstarError, Rejected
+from ..wire.params import MessageSend
+from .fanout import Fanout
+
+__all__ = ["SendPath"]
+
+logger = logging.getLogger(__name__)
+
+ReplyFn = Callable[[int, Any], None]
+ErrorFn = Callable[[int, NextstarError], None]
+
+
+class SendPath:
+    """Store a message once and fan it out, without per-recipient work.
+
+    Nothing here awaits: the append is queued on the batch writer and the rest
+    runs in the commit's callback, so a session can have many sends in flight
+    and their ``seq`` order follows their arrival order.
+    """
+
+    def __init__(
+        self,
+        writer: BatchWriter,
+        fanout: Fanout,
+        hooks: HookPipeline,
+        settings: ChatSettings,
+        metrics: Any,
+    ) -> None:
+        self._writer = writer
+        self._fanout = fanout
+        self._hooks = hooks
+        self._max_data = settings.max_data_bytes
+        self._metrics = metrics
+
+    def send(
+        self,
+        params: MessageSend,
+        user_id: int,
+        origin_session: int,
+        request_id: int,
+        reply: ReplyFn,
+        reply_error: ErrorFn,
+    ) -> None:
+        data = None
+        if params.data is not None:
+            data = {"type": params.data.type, "body": params.data.body}
+            if len(msgpack.packb(data)) > self._max_data:
+                reply_error(request_id, NextstarError.with_code(
+                    ErrorCode.PAYLOAD_TOO_LARGE,
+                    f"data is larger than {self._max_data} bytes",
+                ))
+                return
+        draft = Draft("message", user_id, params.conversation_id, params.text, data)
+
+        verdict = self._hooks.check(draft)
+        if verdict.action is Action.REJECT:
+            reply_error(request_id, Rejected(
+                verdict.reason, {"hook": verdict.hook}
+            ))
+            return
+
+        append = Append(
+            params.conversation_id, user_id, "data" if data else "text",
+            params.text, data, params.client_msg_id,
+        )
+        future = self._writer.submit(append)
+        future.add_done_callback(functools.partial(
+            self._stored, append, draft, origin_session, request_id, reply,
+            reply_error,
+        ))
+
+    def _stored(
+        self,
+        append: Append,
+        draft: Draft,
+        origin_session: int,
+        request_id: int,
+        reply: ReplyFn,
+        reply_error: ErrorFn,
+        future: Any,
+    ) -> None:
+        error = future.exception()
+        if error is not None:
+            if not isinstance(error, NextstarError):
+                logger.error("send failed", exc_info=error)
+                error = NextstarError("message could not be stored")
+            reply_error(request_id, error)
+            return
+        stored: Stored = future.result()
+
+        # The ack goes first: it promises durability, which holds already.
+        reply(request_id, {
+            "conversation_id": stored.conversation_id,
+            "seq": stored.seq,
+            "created_at": stored.created_at,
+            "duplicate": stored.duplicate,
+        })
+        if stored.duplicate:
+            return  # the original was published when it was stored
+
+        self._metrics.messages_stored.inc()
+        event: dict[str, Any] = {
+            "conversation_id": stored.conversation_id,
+            "seq": stored.seq,
+            "sender_id": append.sender_id,
+            "kind": append.kind,
+            "created_at": stored.created_at,
+            "client_msg_id": append.client_msg_id,
+        }
+        if append.text is not None:
+            event["text"] = append.text
+        if append.data is not None:
+            event["data"] = append.data
+        self._fanout.to_conversation(
+            "message.new", event, stored.conversation_kind, stored.conversation_id,
+            stored.direct_members, origin_session=origin_session,
+        )
+        draft.path = stored.conversation_kind
+        self._hooks.stored(draft, stored.seq)

@@ -1,0 +1,171 @@
+"""Local sessions by user and conversation, fed by the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ..broker.base import Broker, conversation_channel, user_channel
+from ..wire.codec import Encoding, decode, encode, event_frame, ws_frame
+from ..wire.errors import CloseCode
+from ..wire.relay import CONTROL, unpack
+from .session import Session
+
+__all__ = ["Hub"]
+
+logger = logging.getLogger(__name__)
+
+
+class Hub:
+    """Route broker payloads to this node's sessions.
+
+    The node subscribes to ``u:<user>`` while any session of the user is here,
+    and to ``c:<conversation>`` while any member of that group is here; both
+    are reference-counted by the sets below.
+    """
+
+    def __init__(self, broker: Broker, metrics: Any) -> None:
+        self._broker = broker
+        self._metrics = metrics
+        self.by_user: dict[int, set[Session]] = {}
+        self.by_conversation: dict[int, set[Session]] = {}
+        broker.bind(self.deliver, self.resync)
+
+    @property
+    def session_count(self) -> int:
+        return sum(len(s) for s in self.by_user.values())
+
+    async def attach(self, session: Session, group_ids: Iterable[int]) -> None:
+        """Register a signed-in session and subscribe what it needs."""
+        sessions = self.by_user.setdefault(session.user_id, set())
+        sessions.add(session)
+        if len(sessions) == 1:
+            await self._broker.subscribe(user_channel(session.user_id))
+        for conversation_id in group_ids:
+            await self._join(session, conversation_id)
+
+    async def detach(self, session: Session) -> None:
+        sessions = self.by_user.get(session.user_id)
+        if sessions is None or session not in sessions:
+            return
+        sessions.discard(session)
+        if not sessions:
+            del self.by_user[session.user_id]
+            await self._broker.unsubscribe(user_channel(session.user_id))
+        for conversation_id in list(session.groups):
+            await self._leave(session, conversation_id)
+
+    async def _join(self, session: Session, conversation_id: int) -> None:
+        if self._join_locally(session, conversation_id):
+            await self._broker.subscribe(conversation_channel(conversation_id))
+
+    async def _leave(self, session: Session, conversation_id: int) -> None:
+        if self._leave_locally(session, conversation_id):
+            await self._broker.unsubscribe(conversation_channel(conversation_id))
+
+    def _join_locally(self, session: Session, conversation_id: int) -> bool:
+        """Add the session to the group; True if the node must subscribe."""
+        session.groups.add(conversation_id)
+        members = self.by_conversation.setdefault(conversation_id, set())
+        members.add(session)
+        return len(members) == 1
+
+    def _leave_locally(self, session: Session, conversation_id: int) -> bool:
+        """Drop the session from the group; True if the node must unsubscribe."""
+        session.groups.discard(conversation_id)
+        members = self.by_conversation.get(conversation_id)
+        if members is None:
+            return False
+        members.discard(session)
+        if members:
+            return False
+        del self.by_conversation[conversation_id]
+        return True
+
+    def _sessions(self, channel: str) -> set[Session] | None:
+        kind, _, ident = channel.partition(":")
+        if kind == "u":
+            return self.by_user.get(int(ident))
+        if kind == "c":
+            return self.by_conversation.get(int(ident))
+        return None
+
+    def deliver(self, channel: str, payload: bytes) -> None:
+        """Write one published event to every local session on ``channel``."""
+        message = unpack(payload)
+        if message[0] == CONTROL:
+            self._control(channel, message[1], message[2])
+            return
+        _, origin, skip_user, published_at, frame = message
+        sessions = self._sessions(channel)
+        if not sessions:
+            return
+        binary = text = None
+        delivered = 0
+        for session in sessions:
+            if session.id == origin or session.user_id == skip_user:
+                continue
+            if session.encoding is Encoding.MSGPACK:
+                if binary is None:
+                    binary = ws_frame(frame, True)
+                delivered += session.write(binary)
+            else:
+                if text is None:
+                    text = ws_frame(encode(decode(frame), Encoding.JSON), False)
+                delivered += session.write(text)
+        if delivered:
+            self._metrics.deliveries.inc(delivered)
+            self._metrics.delivery_latency.observe(time.time() - published_at)
+
+    def _control(self, channel: str, action: str, args: dict[str, Any]) -> None:
+        sessions = list(self._sessions(channel) or ())
+        if action == "revoke":
+            revoked = args.get("session_ids")
+            for session in sessions:
+                if revoked is None or session.session_id in revoked:
+                    session.close(CloseCode.SESSION_REVOKED, args.get("reason", "revoked"))
+            return
+        event = args.get("event")
+        frame = event_frame("message.new", event) if event is not None else None
+        conversation_id = args["conversation_id"]
+        channel = conversation_channel(conversation_id)
+        for session in sessions:
+            if action == "join" and conversation_id not in session.groups:
+                # Membership changes at once, so that no group message that
+                # arrives after the join notice skips this session.
+                if self._join_locally(session, conversation_id):
+                    _spawn(self._broker.subscribe(channel))
+                if frame is not None:
+                    session.send_obj(frame)
+            elif action == "leave":
+                if frame is not None:
+                    session.send_obj(frame)
+                if self._leave_locally(session, conversation_id):
+                    _spawn(self._broker.unsubscribe(channel))
+
+    def resync(self, channels: Iterable[str]) -> None:
+        """Tell sessions behind ``channels`` that pushes may have been lost."""
+        told: set[Session] = set()
+        for channel in channels:
+            for session in self._sessions(channel) or ():
+                if session not in told and session.is_open:
+                    told.add(session)
+                    session.send_event("session.resync", {"reason": "broker"})
+        if told:
+            self._metrics.resyncs.inc(len(told))
+            logger.info("resync sent to %d sessions", len(told))
+
+    def all_sessions(self) -> list[Session]:
+        return [s for sessions in self.by_user.values() for s in sessions]
+
+
+_background: set[Any] = set()
+
+
+def _spawn(coroutine: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)

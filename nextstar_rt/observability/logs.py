@@ -1,0 +1,16 @@
+"""Logging set-up for the server process."""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["configure_logging"]
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # websockets logs every handshake failure at INFO; that is traffic, not state.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLevelName(level)))

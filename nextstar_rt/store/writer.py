@@ -1,0 +1,287 @@
+"""The batching writer: every message append goes through one group commit.
+
+Concurrent sends queue here; one task drains the queue and stores the whole
+batch in one transaction, so a burst costs one commit (and one fsync) instead
+of one per message. Inside the transaction each conversation row is locked
+(``SELECT ... FOR UPDATE`` on PostgreSQL, the write lock on SQLite), which is
+what keeps ``seq`` gap-free and unique when several nodes append to the same
+conversation at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..wire.errors import ErrorCode, NextstarError, NotFound
+from .database import Database, now_ms
+from .schema import conversations, direct_pair, members, messages
+
+__all__ = ["Append", "Stored", "BatchWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Append:
+    """One message to store."""
+
+    conversation_id: int
+    sender_id: int
+    kind: str
+    text: str | None = None
+    data: dict[str, Any] | None = None
+    client_msg_id: str | None = None
+    future: asyncio.Future[Stored] = field(default=None)  # type: ignore[assignment]
+
+
+@dataclass(slots=True)
+class Stored:
+    """The outcome of an append, once committed."""
+
+    conversation_id: int
+    seq: int
+    created_at: int
+    duplicate: bool
+    conversation_kind: str
+    # For a direct conversation, the two members; empty for a group.
+    direct_members: tuple[int, ...]
+
+
+_lock_conversations = (
+    sa.select(
+        conversations.c.id,
+        conversations.c.kind,
+        conversations.c.last_seq,
+        conversations.c.direct_key,
+    )
+    .where(conversations.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(conversations.c.id)
+)
+_update_last_seq = (
+    conversations.update()
+    .where(conversations.c.id == sa.bindparam("b_id"))
+    .values(last_seq=sa.bindparam("b_seq"), updated_at=sa.bindparam("b_at"))
+)
+_advance_read = (
+    members.update()
+    .where(
+        members.c.conversation_id == sa.bindparam("b_conversation"),
+        members.c.user_id == sa.bindparam("b_user"),
+        members.c.read_seq < sa.bindparam("b_seq"),
+    )
+    .values(read_seq=sa.bindparam("b_seq"))
+)
+
+
+class BatchWriter:
+    """Group-commit message appends.
+
+    Args:
+        database: The store.
+        batch_max: Most appends in one transaction.
+    """
+
+    def __init__(self, database: Database, batch_max: int = 256) -> None:
+        self._database = database
+        self._batch_max = batch_max
+        self._pending: deque[Append] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.batches = 0
+        self.stored = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="nextstar-batch-writer"
+        )
+
+    def submit(self, append: Append) -> asyncio.Future[Stored]:
+        """Queue ``append``; the future resolves once it is committed.
+
+        The future fails with ``not_found`` for an unknown conversation,
+        ``not_member`` when the sender is not a member, and ``unavailable``
+        when the store cannot commit or the writer is shutting down.
+        """
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        if self._closing:
+            future.set_exception(_unavailable("server is shutting down"))
+            return future
+        append.future = future
+        self._pending.append(append)
+        self._wakeup.set()
+        return future
+
+    async def close(self) -> None:
+        """Commit everything queued, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = [
+                    self._pending.popleft()
+                    for _ in range(min(self._batch_max, len(self._pending)))
+                ]
+                await self._commit(batch)
+            if self._closing:
+                return
+
+    async def _commit(self, batch: list[Append]) -> None:
+        try:
+            async with self._database.write() as connection:
+                outcomes = await self._store(connection, batch)
+        except Exception:
+            if len(batch) == 1:
+                logger.exception("append failed")
+                _fail(batch[0], _unavailable("message could not be stored"))
+                return
+            # One bad append must not sink its neighbours: retry one by one.
+            logger.warning("batch of %d failed; retrying singly", len(batch))
+            for append in batch:
+                await self._commit([append])
+            return
+
+        self.batches += 1
+        for append, outcome in zip(batch, outcomes, strict=True):
+            if append.future.done():
+                continue
+            if isinstance(outcome, NextstarError):
+                append.future.set_exception(outcome)
+            else:
+                self.stored += not outcome.duplicate
+                append.future.set_result(outcome)
+
+    async def _store(
+        self, connection: Any, batch: list[Append]
+    ) -> list[Stored | NextstarError]:
+        created_at = now_ms()
+
+        # Lock the conversations, in id order so two nodes never deadlock.
+        ids = sorted({append.conversation_id for append in batch})
+        lock = _lock_conversations
+        if not self._database.is_sqlite:
+            lock = lock.with_for_update()
+        rows = (await connection.execute(lock, {"ids": ids})).all()
+        conversation = {row.id: row for row in rows}
+        last_seq = {row.id: row.last_seq for row in rows}
+
+        # Membership of each sender, in one query.
+        pairs = list({(a.conversation_id, a.sender_id) for a in batch})
+        membership = set(
+            (
+                await connection.execute(
+                    sa.select(members.c.conversation_id, members.c.user_id).where(
+                        sa.tuple_(members.c.conversation_id, members.c.user_id).in_(
+                            pairs
+                        )
+                    )
+                )
+            ).all()
+        )
+
+        # Earlier copies of retried sends, committed before this batch.
+        keys = [
+            (a.conversation_id, a.sender_id, a.client_msg_id)
+            for a in batch
+            if a.client_msg_id is not None
+        ]
+        earlier: dict[tuple[int, int, str], tuple[int, int]] = {}
+        if keys:
+            found = await connection.execute(
+                sa.select(
+                    messages.c.conversation_id,
+                    messages.c.sender_id,
+                    messages.c.client_msg_id,
+                    messages.c.seq,
+                    messages.c.created_at,
+                ).where(
+                    sa.tuple_(
+                        messages.c.conversation_id,
+                        messages.c.sender_id,
+                        messages.c.client_msg_id,
+                    ).in_(keys)
+                )
+            )
+            earlier = {(r[0], r[1], r[2]): (r[3], r[4]) for r in found}
+
+        outcomes: list[Stored | NextstarError] = []
+        inserts: list[dict[str, Any]] = []
+        for append in batch:
+            row = conversation.get(append.conversation_id)
+            if row is None:
+                outcomes.append(NotFound("no such conversation"))
+                continue
+            direct = direct_pair(row.direct_key)
+            if (append.conversation_id, append.sender_id) not in membership:
+                outcomes.append(
+                    NextstarError.with_code(
+                        ErrorCode.NOT_MEMBER, "not a member of this conversation"
+                    )
+                )
+                continue
+            key = (append.conversation_id, append.sender_id, append.client_msg_id)
+            if append.client_msg_id is not None and key in earlier:
+                seq, at = earlier[key]
+                outcomes.append(Stored(key[0], seq, at, True, row.kind, direct))
+                continue
+            seq = last_seq[append.conversation_id] + 1
+            last_seq[append.conversation_id] = seq
+            if append.client_msg_id is not None:
+                earlier[key] = (seq, created_at)  # a retry inside this batch
+            inserts.append(
+                {
+                    "conversation_id": append.conversation_id,
+                    "seq": seq,
+                    "sender_id": append.sender_id,
+                    "kind": append.kind,
+                    "text": append.text,
+                    "data": append.data,
+                    "client_msg_id": append.client_msg_id,
+                    "created_at": created_at,
+                }
+            )
+            outcomes.append(
+                Stored(append.conversation_id, seq, created_at, False, row.kind, direct)
+            )
+
+        if inserts:
+            await connection.execute(messages.insert(), inserts)
+            await connection.execute(
+                _update_last_seq,
+                [
+                    {"b_id": cid, "b_seq": seq, "b_at": created_at}
+                    for cid, seq in last_seq.items()
+                    if seq != conversation[cid].last_seq
+                ],
+            )
+            # A sender has read everything up to their own message.
+            await connection.execute(
+                _advance_read,
+                [
+                    {"b_conversation": i["conversation_id"], "b_user": i["sender_id"],
+                     "b_seq": i["seq"]}
+                    for i in inserts
+                ],
+            )
+        return outcomes
+
+
+def _unavailable(message: str) -> NextstarError:
+    return NextstarError.with_code(ErrorCode.UNAVAILABLE, message)
+
+
+def _fail(append: Append, error: NextstarError) -> None:
+    if not append.future.done():
+        append.future.set_exception(error)
