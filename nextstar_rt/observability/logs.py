@@ -13,4 +13,7 @@ def configure_logging(level: str = "INFO") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # websockets logs every handshake failure at INFO; that is traffic, not state.
-    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    quiet = max(logging.WARNING, logging.getLevelName(level))
+    logging.getLogger("websockets").setLevel(quiet)
+    # Alembic narrates every plugin it loads; keep its warnings only.
+    logging.getLogger("alembic").setLevel(quiet)
