@@ -22,27 +22,30 @@ logger = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Every command reads the same configuration, so each takes these.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML configuration file")
+    common.add_argument("--data-dir", type=Path, help="where SQLite and files live")
+
     parser = argparse.ArgumentParser(prog="nextstar-rt", description=__doc__)
-    parser.add_argument("--config", type=Path, help="TOML configuration file")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument("--config", type=Path, dest="config_sub",
-                       help="TOML configuration file")
+    serve = commands.add_parser("serve", help="run the server", parents=[common])
     serve.add_argument("--host", help="address to listen on")
     serve.add_argument("--port", type=int, help="port to listen on")
-    serve.add_argument("--data-dir", type=Path, help="where SQLite and files live")
     serve.add_argument("--workers", type=int,
                        help="worker processes sharing the port (SO_REUSEPORT)")
 
     db = commands.add_parser("db", help="database operations")
     db_commands = db.add_subparsers(dest="db_command", required=True)
-    db_commands.add_parser("upgrade", help="apply pending migrations")
+    db_commands.add_parser("upgrade", help="apply pending migrations",
+                           parents=[common])
 
     dev = commands.add_parser("dev", help="development and load-test helpers")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)
     provision = dev_commands.add_parser(
-        "provision", help="create users with session tokens, without SMS"
+        "provision", help="create users with session tokens, without SMS",
+        parents=[common],
     )
     provision.add_argument("--users", type=int, required=True)
     provision.add_argument("--output", type=Path,
@@ -51,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    config = getattr(args, "config_sub", None) or args.config
+    config = args.config
     server: dict[str, Any] = {}
     for key in ("host", "port", "data_dir", "workers"):
         value = getattr(args, key, None)
@@ -183,3 +186,7 @@ async def _provision(settings: Settings, count: int, output: Path | None) -> int
             file.write(lines)
         print(f"provisioned {len(created)} users into {output}", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

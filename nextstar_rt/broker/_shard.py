@@ -19,7 +19,7 @@ import asyncio
 import logging
 import math
 import random
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,7 +27,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.backoff import NoBackoff
-from redis.exceptions import AskError, MovedError, RedisError, ResponseError
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    BusyLoadingError,
+    ClusterDownError,
+    MovedError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from .base import Broker
@@ -58,6 +67,10 @@ CLOSE_FLUSH_TIMEOUT = 2.0
 
 #: Error replies that mean the server does not own the channel's slot.
 _REDIRECTS = (MovedError, AskError)
+
+#: Error replies that mean the server cannot serve yet (a cluster still
+#: forming, a dataset still loading); the link starts over after a backoff.
+_TRANSIENT = (ClusterDownError, TryAgainError, BusyLoadingError)
 
 
 def redact_url(url: str) -> str:
@@ -176,15 +189,19 @@ class ShardLink:
             "connection_class", Connection
         )
         # One attempt per connect: the link runs its own backoff, and a hidden
-        # retry would hide a loss.
+        # retry would hide a loss. RESP2 because the reader expects pub/sub
+        # messages as plain replies; redis-py 8 speaks RESP3 by default and
+        # would hand them to a push handler instead.
         kwargs.update(
             socket_timeout=SOCKET_TIMEOUT,
             socket_connect_timeout=SOCKET_TIMEOUT,
             retry=Retry(NoBackoff(), 0),
+            protocol=2,
         )
         self._connection_kwargs = kwargs
         self._events = events
         self._commands = _Commands(sharded)
+        self._sharded = sharded
         self._reconnect_min = reconnect_min
         self._reconnect_max = reconnect_max
 
@@ -300,6 +317,7 @@ class ShardLink:
         await publisher.send_packed_command(packed, check_health=False)
 
         redirected: set[str] = set()
+        refusal: ResponseError | None = None
         for channel, _ in batch:
             try:
                 await publisher.read_response()
@@ -308,9 +326,13 @@ class ShardLink:
                 if isinstance(exc, _REDIRECTS):
                     redirected.add(channel)
                 else:
-                    logger.warning("shard %s: publish refused: %s", self.name, exc)
+                    refusal = exc
+                    self._dropped_channels.add(channel)
             else:
                 self.published += 1
+
+        if refusal is not None:
+            logger.warning("shard %s: publishes refused: %s", self.name, refusal)
         if redirected:
             self._events.link_moved(self, redirected)
 
@@ -392,9 +414,16 @@ class ShardLink:
             raise ConnectionError(f"lost {self.name} while resubscribing")
 
     def _chunks(self, channels: list[bytes]) -> Iterable[list[bytes]]:
-        """Split ``channels`` into groups that one SUBSCRIBE may name."""
-        for start in range(0, len(channels), SUBSCRIBE_CHUNK):
-            yield channels[start : start + SUBSCRIBE_CHUNK]
+        """Split ``channels`` into groups that one SUBSCRIBE may name.
+
+        One SSUBSCRIBE may only name channels of one hash slot.
+        """
+        groups: dict[int, list[bytes]] = defaultdict(list)
+        for channel in channels:
+            groups[key_slot(channel) if self._sharded else 0].append(channel)
+        for group in groups.values():
+            for start in range(0, len(group), SUBSCRIBE_CHUNK):
+                yield group[start : start + SUBSCRIBE_CHUNK]
 
     async def _read(self, subscriber: AbstractConnection) -> None:
         """Deliver messages and match confirmations until the connection fails."""
@@ -452,13 +481,18 @@ class ShardLink:
 
         head = self._expected.popleft()
         head.resolve(False)
+        channels = {name.decode() for name in head.channels}
         if head.kind == self._commands.unsubscribed:
             # A server that no longer owns a slot holds no subscription in it.
             logger.debug("shard %s: unsubscribe refused: %s", self.name, exc)
         elif isinstance(exc, _REDIRECTS):
-            self._events.link_moved(self, {name.decode() for name in head.channels})
+            self._events.link_moved(self, channels)
+        elif isinstance(exc, _TRANSIENT):
+            # Starting over resubscribes every channel once the server can.
+            raise ConnectionError(f"{self.name} refused to subscribe: {exc}")
         else:
-            logger.warning("shard %s: subscription refused: %s", self.name, exc)
+            logger.error("shard %s: subscription refused: %s", self.name, exc)
+            self.channels.difference_update(channels)
 
     async def _check_health(self) -> None:
         """PING the subscriber now and then; raise if no answer comes in time."""

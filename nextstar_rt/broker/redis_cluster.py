@@ -217,6 +217,8 @@ class RedisClusterBroker(ShardedBroker):
             logger.info("retiring %s: it owns no slot", name)
             await link.close()
 
+        if moved:
+            logger.info("moved %d channels to their new masters", len(moved))
         channels, self._unrouted = moved | self._unrouted, set()
         self._report(channels)
 
@@ -262,6 +264,11 @@ class RedisClusterBroker(ShardedBroker):
     def link_moved(self, link: ShardLink, channels: set[str]) -> None:
         # The server dropped or refused these subscriptions, so they count as
         # unplaced until the reloaded map says where they go.
+        logger.info(
+            "%s no longer serves %d channels; reloading the slot map",
+            link.name,
+            len(channels),
+        )
         for channel in channels:
             if self._wanted.get(channel) is link:
                 link.forget(channel)

@@ -3,6 +3,7 @@ that follows later (``message.send``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -149,8 +150,7 @@ class Dispatcher:
 
     async def sign_out(self, session: Session, params: Any) -> Any:
         await self._accounts.revoke(session.user_id, session.session_id)
-        self._fanout.control(session.user_id, "revoke",
-                             session_ids=[session.session_id], reason="signed out")
+        self._revoke_after_reply(session.user_id, [session.session_id], "signed out")
         return {}
 
     async def devices_list(self, session: Session, params: Any) -> Any:
@@ -174,8 +174,20 @@ class Dispatcher:
 
     async def account_delete(self, session: Session, params: Any) -> Any:
         await self._accounts.delete_account(session.user_id)
-        self._fanout.control(session.user_id, "revoke", reason="account deleted")
+        self._revoke_after_reply(session.user_id, None, "account deleted")
         return {}
+
+    def _revoke_after_reply(
+        self, user_id: int, session_ids: list[int] | None, reason: str
+    ) -> None:
+        # The requesting session is among those closed; scheduling the revoke
+        # for the next loop turn lets its reply go out before the close frame.
+        args: dict[str, Any] = {"reason": reason}
+        if session_ids is not None:
+            args["session_ids"] = session_ids
+        asyncio.get_running_loop().call_soon(
+            lambda: self._fanout.control(user_id, "revoke", **args)
+        )
 
     # -- conversations ---------------------------------------------------------
 
