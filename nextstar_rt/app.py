@@ -16,6 +16,7 @@ from .accounts.sms import WebhookSender
 from .admin.hooks import BlockedWordsHook, HookPipeline
 from .broker.base import Broker
 from .broker.local import LocalBroker
+from .broker.registry import LocalRegistry, NodeRegistry, RedisRegistry
 from .chat.fanout import Fanout
 from .chat.send import SendPath
 from .chat.service import ChatService
@@ -23,7 +24,7 @@ from .config import ConfigError, Settings
 from .gateway.dispatch import Dispatcher
 from .gateway.hub import Hub
 from .gateway.server import Gateway
-from .observability.metrics import Metrics
+from .observability.metrics import BrokerCollector, Metrics
 from .store.database import Database
 from .store.writer import BatchWriter
 from .wire.errors import CloseCode
@@ -49,6 +50,15 @@ def build_broker(settings: Settings) -> Broker:
     from .broker.redis_cluster import RedisClusterBroker
 
     return RedisClusterBroker(list(broker.urls), **options)
+
+
+def build_registry(settings: Settings, node_id: str) -> NodeRegistry:
+    """Return the node registry: in-process alone, in Redis with others."""
+    broker = settings.broker
+    if broker.kind == "local":
+        return LocalRegistry(node_id)
+    return RedisRegistry(node_id, broker.urls[0], ttl=broker.node_ttl,
+                         cluster=broker.kind == "redis_cluster")
 
 
 def build_sender(settings: Settings) -> SmsSender:
@@ -102,7 +112,9 @@ class App:
         self.node_id = settings.server.node_id or uuid.uuid4().hex[:12]
         self.sender = sender or build_sender(settings)
         self.broker = broker or build_broker(settings)
+        self.registry = build_registry(settings, self.node_id)
         self.metrics = Metrics()
+        self.metrics.registry.register(BrokerCollector(self.broker.stats))
         self.database = Database(
             settings.store_url(),
             pool_size=settings.store.pool_size,
@@ -116,11 +128,12 @@ class App:
             self.database, self.sender, settings.accounts, b""
         )
         self.chat = ChatService(self.database, self.fanout, settings.chat)
-        self.hub = Hub(self.broker, self.metrics)
+        self.hub = Hub(self.broker, self.registry, self.metrics)
         self.send_path = SendPath(self.writer, self.fanout, self.hooks, settings.chat,
                                   self.metrics)
         self.dispatcher = Dispatcher(self.accounts, self.chat, self.send_path,
-                                     self.fanout, self.hub, self.metrics)
+                                     self.fanout, self.hub, self.metrics,
+                                     self.node_id)
         self.gateway = Gateway(settings.gateway, self.dispatcher, self.hub,
                                self.metrics, self.readiness)
         self.addresses: list[Any] = []
@@ -145,6 +158,7 @@ class App:
             await self.database.migrate()
         self.writer.start()
         await self.broker.start()
+        await self.registry.start()
         self.addresses = await self.gateway.start(
             settings.server.host, settings.server.port, **server_options
         )
@@ -170,6 +184,7 @@ class App:
             CloseCode.GOING_AWAY, "server shutting down",
             self.settings.server.shutdown_grace,
         )
+        await self.registry.close()
         await self.broker.close()
         await self.database.close()
         self._stopped.set()

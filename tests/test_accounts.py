@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from nextstar_client import ClientError
 
@@ -155,3 +157,21 @@ async def test_account_deletion_revokes_sessions_and_keeps_a_tombstone(sqlite_se
     # The phone is free again: signing in with it makes a new user.
     reborn = await sqlite_server.sign_in(phone)
     assert reborn.user_id != alice.user_id
+
+
+async def test_presence_counts_devices_for_conversation_partners_only(sqlite_server):
+    phone = new_phone()
+    alice = await sqlite_server.sign_in(phone)
+    await sqlite_server.sign_in(phone)
+    bob = await sqlite_server.sign_in()
+    stranger = await sqlite_server.sign_in()
+    await bob.call("conv.direct", user_id=alice.user_id)
+
+    seen = await bob.call("presence.get", user_id=alice.user_id)
+    assert seen == {"user_id": alice.user_id, "online": True, "devices": 2}
+    with pytest.raises(ClientError) as error:
+        await stranger.call("presence.get", user_id=alice.user_id)
+    assert error.value.code == "forbidden"
+    await bob.close()
+    await asyncio.sleep(0.1)
+    assert (await alice.call("presence.get", user_id=bob.user_id))["online"] is False

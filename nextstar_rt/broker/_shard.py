@@ -636,6 +636,18 @@ class ShardedBroker(Broker):
         self._links[name] = link
         return link
 
+    async def _start_links(self) -> None:
+        """Start every link; return once each has tried to connect once.
+
+        A shard that is down keeps reconnecting in the background, so that a
+        node starts, reports itself not ready, and heals, rather than hanging
+        on one server.
+        """
+        await asyncio.gather(*(link.start() for link in self._links.values()))
+        down = [name for name, link in self._links.items() if not link.is_up()]
+        if down:
+            logger.warning("started with shards down: %s", ", ".join(down))
+
     async def close(self) -> None:
         await asyncio.gather(*(link.close() for link in self._links.values()))
 

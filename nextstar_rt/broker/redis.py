@@ -8,17 +8,12 @@ and one publisher connection per server (see :mod:`._shard`).
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 from redis.asyncio.connection import parse_url
 
 from ._shard import ShardedBroker, ShardLink, redact_url
 from .hashring import HashRing
 
 __all__ = ["RedisBroker"]
-
-logger = logging.getLogger(__name__)
 
 
 class RedisBroker(ShardedBroker):
@@ -54,15 +49,8 @@ class RedisBroker(ShardedBroker):
             self._new_link(name, dict(parse_url(url)), sharded=False)
 
     async def start(self) -> None:
-        """Connect to every shard; a shard that is down keeps reconnecting.
-
-        Returns once each shard has been tried once, so that a node starts,
-        reports itself not ready, and heals, rather than hanging on one server.
-        """
-        await asyncio.gather(*(link.start() for link in self._links.values()))
-        down = [name for name, link in self._links.items() if not link.is_up()]
-        if down:
-            logger.warning("started with shards down: %s", ", ".join(down))
+        """Connect to every shard; a shard that is down keeps reconnecting."""
+        await self._start_links()
 
     def shard_for(self, channel: str) -> str:
         """Return the name (URL without credentials) of ``channel``'s shard."""

@@ -99,10 +99,7 @@ class RedisClusterBroker(ShardedBroker):
         )
         await self._cluster.initialize()
         self._add_masters()
-        await asyncio.gather(*(link.start() for link in self._links.values()))
-        down = [name for name, link in self._links.items() if not link.is_up()]
-        if down:
-            logger.warning("started with masters down: %s", ", ".join(down))
+        await self._start_links()
 
     async def close(self) -> None:
         self._closing = True

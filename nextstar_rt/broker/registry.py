@@ -15,6 +15,7 @@ import logging
 import time
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 __all__ = ["NodeRegistry", "LocalRegistry", "RedisRegistry"]
@@ -25,19 +26,21 @@ logger = logging.getLogger(__name__)
 #: a node restarting under the same id to find and clear what it left behind.
 USERS_TTL = 24 * 3600
 
-_NODES_KEY = "nextstar:nodes"
+# The "{nextstar}" hash tag puts every registry key in one Redis Cluster slot,
+# so pipelines over several keys work on a cluster as on one server.
+_NODES_KEY = "{nextstar}:nodes"
 
 
 def _node_key(node_id: str) -> str:
-    return f"nextstar:node:{node_id}"
+    return f"{{nextstar}}:node:{node_id}"
 
 
 def _users_key(node_id: str) -> str:
-    return f"nextstar:nodeusers:{node_id}"
+    return f"{{nextstar}}:nodeusers:{node_id}"
 
 
 def _presence_key(user_id: int) -> str:
-    return f"nextstar:presence:{user_id}"
+    return f"{{nextstar}}:presence:{user_id}"
 
 
 class NodeRegistry(abc.ABC):
@@ -92,12 +95,12 @@ class LocalRegistry(NodeRegistry):
 class RedisRegistry(NodeRegistry):
     """The registry shared by all nodes through one Redis server.
 
-    Keys: ``nextstar:node:<id>`` (expires after ``ttl`` unless refreshed),
-    the set ``nextstar:nodes`` of ids ever seen, the hash
-    ``nextstar:presence:<user>`` mapping node id to session count, and
-    ``nextstar:nodeusers:<id>``, the users a node wrote presence for.
-    With Redis Cluster, give it one node's URL: these keys span many slots,
-    and the registry's load is small enough for one server.
+    Keys: ``{nextstar}:node:<id>`` (expires after ``ttl`` unless refreshed),
+    the set ``{nextstar}:nodes`` of ids ever seen, the hash
+    ``{nextstar}:presence:<user>`` mapping node id to session count, and
+    ``{nextstar}:nodeusers:<id>``, the users a node wrote presence for.
+    With Redis Cluster (``cluster=True``) every key shares one hash slot, so
+    the registry lives on one master; its load is small enough for that.
 
     Args:
         node_id: This node's id.
@@ -106,9 +109,13 @@ class RedisRegistry(NodeRegistry):
             heartbeat runs every third of it.
     """
 
-    def __init__(self, node_id: str, url: str, ttl: float = 15.0) -> None:
+    def __init__(
+        self, node_id: str, url: str, ttl: float = 15.0, *, cluster: bool = False
+    ) -> None:
         super().__init__(node_id)
-        self._redis = Redis.from_url(url)
+        self._redis: Redis | RedisCluster = (
+            RedisCluster.from_url(url) if cluster else Redis.from_url(url)
+        )
         self._ttl_ms = max(1, int(ttl * 1000))
         self._interval = ttl / 3
         # A copy of what this node wrote, to write it again if its key expired

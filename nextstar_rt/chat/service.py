@@ -309,6 +309,21 @@ class ChatService:
             return [{"user_id": r.user_id, "role": r.role, "read_seq": r.read_seq}
                     for r in rows]
 
+    async def share_conversation(self, user_id: int, other_id: int) -> bool:
+        """Tell whether the two users are members of any one conversation."""
+        mine = members.alias("mine")
+        theirs = members.alias("theirs")
+        async with self._database.read() as connection:
+            row = (
+                await connection.execute(
+                    sa.select(mine.c.conversation_id)
+                    .join(theirs, theirs.c.conversation_id == mine.c.conversation_id)
+                    .where(mine.c.user_id == user_id, theirs.c.user_id == other_id)
+                    .limit(1)
+                )
+            ).first()
+        return row is not None
+
     async def group_ids(self, user_id: int) -> list[int]:
         """Return the groups the user belongs to, for channel subscriptions."""
         async with self._database.read() as connection:

@@ -43,7 +43,9 @@ class Dispatcher:
         fanout: Fanout,
         hub: Hub,
         metrics: Any,
+        node_id: str = "",
     ) -> None:
+        self._node_id = node_id
         self._accounts = accounts
         self._chat = chat
         self._send_path = send_path
@@ -60,6 +62,7 @@ class Dispatcher:
             "profile.get": self.profile_get,
             "profile.update": self.profile_update,
             "account.delete": self.account_delete,
+            "presence.get": self.presence_get,
             "conv.direct": self.conv_direct,
             "conv.list": self.conv_list,
             "conv.get": self.conv_get,
@@ -189,6 +192,17 @@ class Dispatcher:
             lambda: self._fanout.control(user_id, "revoke", **args)
         )
 
+    async def presence_get(self, session: Session, params: Any) -> Any:
+        if params.user_id != session.user_id and not await self._chat.share_conversation(
+            session.user_id, params.user_id
+        ):
+            raise NextstarError.with_code(
+                ErrorCode.FORBIDDEN, "presence is shown to conversation partners only"
+            )
+        nodes = await self._hub.presence(params.user_id)
+        return {"user_id": params.user_id, "online": bool(nodes),
+                "devices": sum(nodes.values())}
+
     # -- conversations ---------------------------------------------------------
 
     async def conv_direct(self, session: Session, params: Any) -> Any:
@@ -247,7 +261,7 @@ class Dispatcher:
         return await self._chat.sync(session.user_id, cursors, params.limit)
 
     async def ping(self, session: Session, params: Any) -> Any:
-        return {"time": time.time()}
+        return {"time": time.time(), "node": self._node_id}
 
 
 def _require_signed_out(session: Session) -> None:

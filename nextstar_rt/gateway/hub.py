@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..broker.base import Broker, conversation_channel, user_channel
+from ..broker.registry import NodeRegistry
 from ..wire.codec import Encoding, decode, encode, event_frame, ws_frame
 from ..wire.errors import CloseCode
 from ..wire.relay import CONTROL, unpack
@@ -27,8 +28,9 @@ class Hub:
     are reference-counted by the sets below.
     """
 
-    def __init__(self, broker: Broker, metrics: Any) -> None:
+    def __init__(self, broker: Broker, registry: NodeRegistry, metrics: Any) -> None:
         self._broker = broker
+        self._registry = registry
         self._metrics = metrics
         self.by_user: dict[int, set[Session]] = {}
         self.by_conversation: dict[int, set[Session]] = {}
@@ -46,6 +48,7 @@ class Hub:
             await self._broker.subscribe(user_channel(session.user_id))
         for conversation_id in group_ids:
             await self._join(session, conversation_id)
+        await self._set_presence(session.user_id, len(sessions))
 
     async def detach(self, session: Session) -> None:
         sessions = self.by_user.get(session.user_id)
@@ -57,6 +60,19 @@ class Hub:
             await self._broker.unsubscribe(user_channel(session.user_id))
         for conversation_id in list(session.groups):
             await self._leave(session, conversation_id)
+        await self._set_presence(session.user_id, len(sessions))
+
+    async def _set_presence(self, user_id: int, devices: int) -> None:
+        # Presence is advisory: a registry outage must not fail a sign-in or
+        # leave a closing session half torn down.
+        try:
+            await self._registry.set_presence(user_id, devices)
+        except Exception as exc:  # noqa: BLE001 - any backend failure
+            logger.warning("presence not updated for user=%d: %s", user_id, exc)
+
+    async def presence(self, user_id: int) -> dict[str, int]:
+        """Return node id to device count for ``user_id`` across live nodes."""
+        return await self._registry.presence(user_id)
 
     async def _join(self, session: Session, conversation_id: int) -> None:
         if self._join_locally(session, conversation_id):

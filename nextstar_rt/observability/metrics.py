@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import generate_latest
+from collections.abc import Callable, Iterator
+from typing import Any
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+__all__ = ["Metrics", "BrokerCollector"]
 
 
 class Metrics:
@@ -55,26 +60,6 @@ class Metrics:
         self.resyncs = Counter(
             "nextstar_resyncs", "Resync notices sent to sessions.", registry=registry
         )
-        self.broker_published = Counter(
-            "nextstar_broker_published", "Payloads published, by shard.", ["shard"],
-            registry=registry,
-        )
-        self.broker_errors = Counter(
-            "nextstar_broker_errors", "Publish errors, by shard.", ["shard"],
-            registry=registry,
-        )
-        self.broker_reconnects = Counter(
-            "nextstar_broker_reconnects", "Shard reconnects, by shard.", ["shard"],
-            registry=registry,
-        )
-        self.broker_subscriptions = Gauge(
-            "nextstar_broker_subscriptions", "Channels subscribed, by shard.",
-            ["shard"], registry=registry,
-        )
-        self.broker_up = Gauge(
-            "nextstar_broker_shard_up", "1 while the shard is reachable.", ["shard"],
-            registry=registry,
-        )
         self._per_method: dict[str, Counter] = {}
 
     def request(self, method: str) -> None:
@@ -85,3 +70,38 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class BrokerCollector(Collector):
+    """Per-shard broker series, read from ``Broker.stats()`` at scrape time.
+
+    The broker keeps plain integer counters on its hot path; turning them into
+    series only when scraped costs nothing per publish.
+    """
+
+    _COUNTERS = (
+        ("published", "nextstar_broker_published", "Payloads published."),
+        ("publish_errors", "nextstar_broker_publish_errors", "Publishes that failed."),
+        ("dropped", "nextstar_broker_dropped", "Payloads dropped while a shard was down."),
+        ("reconnects", "nextstar_broker_reconnects", "Reconnects to the shard."),
+    )
+    _GAUGES = (
+        ("subscribed", "nextstar_broker_subscriptions", "Channels subscribed."),
+        ("up", "nextstar_broker_shard_up", "1 while the shard is reachable."),
+    )
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        shards: dict[str, dict[str, Any]] = self._stats().get("shards", {})  # type: ignore[assignment]
+        for key, name, documentation in self._COUNTERS:
+            family = CounterMetricFamily(name, documentation, labels=["shard"])
+            for shard, figures in shards.items():
+                family.add_metric([shard], float(figures.get(key, 0)))
+            yield family
+        for key, name, documentation in self._GAUGES:
+            gauge = GaugeMetricFamily(name, documentation, labels=["shard"])
+            for shard, figures in shards.items():
+                gauge.add_metric([shard], float(figures.get(key, 0)))
+            yield gauge

@@ -63,6 +63,10 @@ class ProfileUpdate(Params):
     handle: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{5,19}$")] | None = None
 
 
+class PresenceGet(Params):
+    user_id: Id
+
+
 class DirectConversation(Params):
     user_id: Id
 
@@ -140,6 +144,7 @@ METHOD_PARAMS: dict[str, type[Params]] = {
     "profile.get": ProfileGet,
     "profile.update": ProfileUpdate,
     "account.delete": Empty,
+    "presence.get": PresenceGet,
     "conv.direct": DirectConversation,
     "conv.list": Empty,
     "conv.get": ConversationRef,
