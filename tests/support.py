@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +130,42 @@ async def collect(client: Client, count: int, name: str = "message.new",
             if conversation_id is None or data.get("conversation_id") == conversation_id:
                 events.append(data)
     return events
+
+
+# Load tests and these tests send faster than a person would.
+UNLIMITED_RATE = {"NEXTSTAR_GATEWAY__RATE_PER_SECOND": "100000",
+                  "NEXTSTAR_GATEWAY__RATE_BURST": "100000"}
+
+
+async def spawn_server(
+    env: dict[str, str], *args: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Run ``nextstar-rt serve`` as a real process; return it and its URL.
+
+    ``env`` adds to this process's environment (``NEXTSTAR_*`` settings).
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nextstar_rt.cli", "serve", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **UNLIMITED_RATE, **env},
+    )
+    async with asyncio.timeout(TIMEOUT * 3):
+        while True:
+            line = (await process.stdout.readline()).decode()
+            if not line:
+                raise RuntimeError("server exited during start-up")
+            match = re.search(r"listening on (ws://\S+)", line)
+            if match:
+                return process, match.group(1)
+
+
+async def provision(count: int, env: dict[str, str]) -> list[dict[str, Any]]:
+    """Create users with tokens through ``nextstar-rt dev provision``."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nextstar_rt.cli", "dev", "provision",
+        "--users", str(count), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, env={**os.environ, **env},
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    return [json.loads(line) for line in out.decode().splitlines()]

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import signal
 import sys
 import uuid
 
 import pytest
-from nextstar_client import Client, ClientError, Disconnected
+from nextstar_client import Client, Disconnected
 
 from .services import free_port, wait_until
-from .support import SCALE, TIMEOUT, collect
+from .support import SCALE, TIMEOUT, collect, provision, spawn_server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -173,42 +171,21 @@ async def test_a_killed_shard_degrades_to_sync_and_loses_no_acked_message(
 
 
 def _node_env(postgres_url, broker_urls, port):
-    return dict(
-        os.environ,
-        NEXTSTAR_SERVER__PORT=str(port),
-        NEXTSTAR_STORE__URL=postgres_url,
-        NEXTSTAR_BROKER__KIND="redis",
-        NEXTSTAR_BROKER__URLS=json.dumps(broker_urls),
-        NEXTSTAR_GATEWAY__RATE_PER_SECOND="100000",
-        NEXTSTAR_GATEWAY__RATE_BURST="100000",
-    )
+    return {
+        "NEXTSTAR_SERVER__PORT": str(port),
+        "NEXTSTAR_STORE__URL": postgres_url,
+        "NEXTSTAR_BROKER__KIND": "redis",
+        "NEXTSTAR_BROKER__URLS": json.dumps(broker_urls),
+    }
 
 
 async def _spawn_node(tmp_path, env, *args):
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nextstar_rt.cli", "serve", "--data-dir",
-        str(tmp_path / f"node-{uuid.uuid4().hex[:6]}"), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-    )
-    async with asyncio.timeout(TIMEOUT * 3):
-        while True:
-            line = (await process.stdout.readline()).decode()
-            if not line:
-                raise RuntimeError("node exited during start-up")
-            match = re.search(r"listening on (ws://\S+)", line)
-            if match:
-                return process, match.group(1)
+    data_dir = tmp_path / f"node-{uuid.uuid4().hex[:6]}"
+    return await spawn_server(env, "--data-dir", str(data_dir), *args)
 
 
 async def _provision_pg(postgres_url, count):
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nextstar_rt.cli", "dev", "provision",
-        "--users", str(count), stdout=asyncio.subprocess.PIPE,
-        env=dict(os.environ, NEXTSTAR_STORE__URL=postgres_url),
-    )
-    out, _ = await process.communicate()
-    assert process.returncode == 0
-    return [json.loads(line) for line in out.decode().splitlines()]
+    return await provision(count, {"NEXTSTAR_STORE__URL": postgres_url})
 
 
 async def test_clients_of_a_killed_node_reconnect_elsewhere_and_lose_nothing(

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
 import signal
-import sys
 import urllib.request
 
 import pytest
@@ -16,7 +13,7 @@ from nextstar_client import Client, ClientError, Disconnected
 from nextstar_rt.app import App
 from nextstar_rt.config import ConfigError, load_settings
 
-from .support import SCALE, TIMEOUT, collect
+from .support import SCALE, TIMEOUT, collect, provision, spawn_server
 
 
 def _get(url: str) -> tuple[int, str, str]:
@@ -84,9 +81,9 @@ async def _fill(sender: Client, cid: int, count: int, size: int) -> None:
             for i in range(start, min(count, start + 10))))
 
 
-async def _slow_setup(servers):
+async def _slow_setup(servers, grace):
     server = await servers.start(
-        gateway={"send_buffer_bytes": 262144, "slow_consumer_grace": 1.0 * SCALE,
+        gateway={"send_buffer_bytes": 262144, "slow_consumer_grace": grace,
                  "rate_per_second": 10000, "rate_burst": 10000},
         chat={"max_data_bytes": 60000},
     )
@@ -102,7 +99,7 @@ async def _slow_setup(servers):
 
 
 async def test_a_slow_consumer_is_closed_and_others_are_not_delayed(servers):
-    server, sender, slow, healthy, cid = await _slow_setup(servers)
+    server, sender, slow, healthy, cid = await _slow_setup(servers, 1.0 * SCALE)
     slow.connection.transport.pause_reading()
 
     count = 400  # 400 x 50 kB is far more than the socket buffers hold
@@ -117,7 +114,9 @@ async def test_a_slow_consumer_is_closed_and_others_are_not_delayed(servers):
 
 
 async def test_a_consumer_that_drains_in_time_is_told_to_resync(servers):
-    server, sender, slow, healthy, cid = await _slow_setup(servers)
+    # A long grace: the flood itself takes a second or two, and the session
+    # must start reading again before the grace runs out.
+    server, sender, slow, healthy, cid = await _slow_setup(servers, 5.0 * SCALE)
     slow.connection.transport.pause_reading()
     await _fill(sender, cid, 400, 50000)
     await collect(healthy, 400, conversation_id=cid)
@@ -129,40 +128,14 @@ async def test_a_consumer_that_drains_in_time_is_told_to_resync(servers):
     assert [m["seq"] for m in caught_up[cid]] == list(range(2, 402))
 
 
-async def _start_process(data_dir, port=0):
-    env = dict(os.environ, NEXTSTAR_SERVER__DATA_DIR=str(data_dir),
-               NEXTSTAR_SERVER__PORT=str(port),
-               NEXTSTAR_GATEWAY__RATE_PER_SECOND="100000",
-               NEXTSTAR_GATEWAY__RATE_BURST="100000")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nextstar_rt.cli", "serve",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
-    )
-    async with asyncio.timeout(TIMEOUT * 3):
-        while True:
-            line = (await process.stdout.readline()).decode()
-            if not line:
-                raise RuntimeError("server exited during start-up")
-            match = re.search(r"listening on (ws://\S+)", line)
-            if match:
-                return process, match.group(1)
-
-
-async def _provision(data_dir, count):
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nextstar_rt.cli", "dev", "provision",
-        "--users", str(count), "--data-dir", str(data_dir),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )
-    out, _ = await process.communicate()
-    assert process.returncode == 0
-    return [json.loads(line) for line in out.decode().splitlines()]
+def _data_env(data_dir):
+    return {"NEXTSTAR_SERVER__DATA_DIR": str(data_dir), "NEXTSTAR_SERVER__PORT": "0"}
 
 
 async def test_everything_acked_before_sigterm_is_stored(tmp_path):
     data_dir = tmp_path / "data"
-    alice_entry, bob_entry = await _provision(data_dir, 2)
-    process, url = await _start_process(data_dir)
+    alice_entry, bob_entry = await provision(2, _data_env(data_dir))
+    process, url = await spawn_server(_data_env(data_dir))
     try:
         alice = await Client.connect(url)
         await alice.resume(alice_entry["token"])
@@ -188,7 +161,7 @@ async def test_everything_acked_before_sigterm_is_stored(tmp_path):
     assert closed.code == 1001
     assert all(r.code == "unavailable" for r in refused)
 
-    process, url = await _start_process(data_dir)
+    process, url = await spawn_server(_data_env(data_dir))
     try:
         bob = await Client.connect(url)
         await bob.resume(bob_entry["token"])
