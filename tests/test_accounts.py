@@ -175,3 +175,17 @@ async def test_presence_counts_devices_for_conversation_partners_only(sqlite_ser
     await bob.close()
     await asyncio.sleep(0.1)
     assert (await alice.call("presence.get", user_id=bob.user_id))["online"] is False
+
+
+async def test_revoking_ones_own_device_answers_before_closing(sqlite_server):
+    client = await sqlite_server.sign_in()
+    [device] = (await client.call("devices.list"))["devices"]
+    assert await client.call("devices.revoke", session_id=device["session_id"]) == {}
+    assert (await client.wait_closed()).code == 4003
+
+
+async def test_a_null_gender_resets_it_to_unspecified(sqlite_server):
+    client = await sqlite_server.sign_in()
+    await client.call("profile.update", gender="female")
+    profile = await client.call("profile.update", gender=None, nickname=None)
+    assert (profile["gender"], profile["nickname"]) == ("unspecified", None)

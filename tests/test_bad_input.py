@@ -286,3 +286,29 @@ async def test_signing_in_twice_on_one_session_gets_already_authenticated(sqlite
     with pytest.raises(ClientError) as error:
         await client.resume(client.token)
     assert error.value.code == "already_authenticated"
+
+
+async def test_json_nan_and_infinity_get_bad_frame(sqlite_server):
+    client = await sqlite_server.connect("json")
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        frame = await _raw_answer(client, '{"type":"req","id":1,"method":"ping",'
+                                          f'"params":{{"x":{literal}}}}}')
+        assert (frame["id"], frame["error"]["code"]) == (None, "bad_frame")
+
+
+@pytest.mark.parametrize("encoding, body", [
+    ("msgpack", {"blob": b"\x00\x01"}),  # bin: no JSON client could read it
+    ("json", {"big": 2**64}),  # beyond 64 bits: no MessagePack client could
+    ("msgpack", {"nan": float("nan")}),  # JSON has no NaN
+])
+async def test_a_data_body_only_one_encoding_carries_gets_invalid_params(
+    sqlite_server, encoding, body
+):
+    alice = await sqlite_server.sign_in(encoding=encoding)
+    bob = await sqlite_server.sign_in(encoding="json")
+    cid = (await alice.call("conv.direct", user_id=bob.user_id))["conversation_id"]
+    with pytest.raises(ClientError) as error:
+        await alice.call("message.send", conversation_id=cid, client_msg_id="odd",
+                         data={"type": "odd", "body": body})
+    assert error.value.code == "invalid_params"
+    assert await bob.history_all(cid) == []

@@ -124,3 +124,19 @@ async def test_direct_conversation_is_one_per_pair(server):
     with pytest.raises(ClientError) as error:
         await alice.call("conv.direct", user_id=999999)
     assert error.value.code == "not_found"
+
+
+async def test_removing_a_non_member_gets_not_found(server):
+    (owner, bob), cid = await _group(server, 2)
+    outsider = await server.sign_in()
+    with pytest.raises(ClientError) as error:
+        await owner.call("group.remove", conversation_id=cid, user_id=outsider.user_id)
+    assert error.value.code == "not_found"
+
+
+async def test_what_you_did_yourself_is_not_unread(server):
+    (owner, bob), cid = await _group(server, 2)
+    await bob.call("group.rename", conversation_id=cid, title="bob's")
+    [mine] = (await bob.call("conv.list"))["conversations"]
+    [theirs] = (await owner.call("conv.list"))["conversations"]
+    assert (mine["unread"], theirs["unread"]) == (0, 1)  # the owner: the rename

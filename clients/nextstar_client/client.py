@@ -222,6 +222,29 @@ class Client:
                 return messages
             before = page["messages"][0]["seq"]
 
+    async def history_latest(
+        self, conversation_id: int, count: int
+    ) -> list[dict[str, Any]]:
+        """Return the newest ``count`` visible messages, oldest first.
+
+        Pages backwards, since the server gives at most 200 messages a call.
+        """
+        messages: list[dict[str, Any]] = []
+        before = None
+        while len(messages) < count:
+            params: dict[str, Any] = {
+                "conversation_id": conversation_id,
+                "limit": min(200, count - len(messages)),
+            }
+            if before is not None:
+                params["before_seq"] = before
+            page = await self.call("message.history", **params)
+            messages[:0] = page["messages"]
+            if not page["has_more"] or not page["messages"]:
+                break
+            before = page["messages"][0]["seq"]
+        return messages
+
     async def sync(self, cursors: dict[int, int]) -> dict[int, list[dict[str, Any]]]:
         """Fetch everything after ``cursors``; return new messages by
         conversation and advance ``cursors`` in place."""

@@ -303,6 +303,8 @@ class AccountService:
                     )
                 profile = await _load_profile(connection, user_id)
         except sa.exc.IntegrityError:
+            if "handle" not in changes:
+                raise
             raise Conflict.with_code(
                 ErrorCode.HANDLE_TAKEN, "that NEXTSTAR ID is taken"
             ) from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..broker.base import Broker, conversation_channel, user_channel
@@ -25,10 +25,10 @@ class Fanout:
         channels: Iterable[str],
         *,
         origin_session: int = 0,
-        skip_user: int = 0,
+        skip_users: Sequence[int] = (),
     ) -> None:
         frame = encode(event_frame(name, data), Encoding.MSGPACK)
-        payload = pack_event(frame, origin_session, skip_user)
+        payload = pack_event(frame, origin_session, skip_users)
         publish = self._broker.publish
         for channel in channels:
             publish(channel, payload)
@@ -42,7 +42,7 @@ class Fanout:
         direct_members: Iterable[int] = (),
         *,
         origin_session: int = 0,
-        skip_user: int = 0,
+        skip_users: Sequence[int] = (),
     ) -> None:
         """Publish to a conversation: ``c:`` for a group, ``u:`` of both peers
         for a direct conversation."""
@@ -51,7 +51,7 @@ class Fanout:
         else:
             channels = [user_channel(user) for user in direct_members]
         self.event(
-            name, data, channels, origin_session=origin_session, skip_user=skip_user
+            name, data, channels, origin_session=origin_session, skip_users=skip_users
         )
 
     def control(self, user_id: int, action: str, **args: Any) -> None:

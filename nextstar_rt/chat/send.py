@@ -7,12 +7,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
-
 from ..admin.hooks import Action, Draft, HookPipeline
 from ..config import ChatSettings
 from ..store.writer import Append, BatchWriter, Stored
-from ..wire.errors import ErrorCode, NextstarError, Rejected
+from ..wire.codec import Encoding, encode
+from ..wire.errors import ErrorCode, InvalidParams, NextstarError, Rejected
 from ..wire.params import MessageSend
 from .fanout import Fanout
 
@@ -58,11 +57,9 @@ class SendPath:
         data = None
         if params.data is not None:
             data = {"type": params.data.type, "body": params.data.body}
-            if len(msgpack.packb(data)) > self._max_data:
-                reply_error(request_id, NextstarError.with_code(
-                    ErrorCode.PAYLOAD_TOO_LARGE,
-                    f"data is larger than {self._max_data} bytes",
-                ))
+            error = self._check_data(data)
+            if error is not None:
+                reply_error(request_id, error)
                 return
         draft = Draft("message", user_id, params.conversation_id, params.text, data)
 
@@ -82,6 +79,24 @@ class SendPath:
             self._stored, append, draft, origin_session, request_id, reply,
             reply_error,
         ))
+
+    def _check_data(self, data: dict[str, Any]) -> NextstarError | None:
+        """Return why ``data`` cannot be stored and sent on, or None."""
+        try:
+            # Both encodings must carry it: no bytes, no NaN, no integers
+            # beyond 64 bits, since every member may use either.
+            encode(data, Encoding.JSON)
+            size = len(encode(data, Encoding.MSGPACK))
+        except (TypeError, ValueError, OverflowError):
+            return InvalidParams(
+                "data.body: only maps, lists, strings, booleans, null, "
+                "64-bit integers and finite floats are allowed"
+            )
+        if size > self._max_data:
+            return NextstarError.with_code(
+                ErrorCode.PAYLOAD_TOO_LARGE, f"data is larger than {self._max_data} bytes"
+            )
+        return None
 
     def _stored(
         self,

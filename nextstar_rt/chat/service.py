@@ -239,7 +239,9 @@ class ChatService:
                 [{"conversation_id": conversation_id, "user_id": u,
                   "joined_seq": event["seq"] - 1, "joined_at": now} for u in new],
             )
-        self._publish_group(event)
+        # Added users hear of it on their own channel, with the order to join;
+        # skipping them on the group channel keeps them from hearing it twice.
+        self._publish_group(event, skip_users=new)
         for added in new:
             self._fanout.control(added, "join", conversation_id=conversation_id,
                                  event=event)
@@ -255,7 +257,8 @@ class ChatService:
                 raise Forbidden("only the group owner removes members")
             if removed_id == user_id:
                 raise InvalidParams("user_id: the owner leaves, not removes, themself")
-            await _membership(connection, conversation_id, removed_id)
+            if not await _is_member(connection, conversation_id, removed_id):
+                raise NotFound("that user is not a member of this group")
             event = await _append_system(
                 connection, conversation_id, user_id, "member.removed",
                 {"user_id": removed_id},
@@ -334,9 +337,12 @@ class ChatService:
             )
             return list(rows.scalars())
 
-    def _publish_group(self, event: dict[str, Any]) -> None:
+    def _publish_group(
+        self, event: dict[str, Any], skip_users: list[int] | None = None
+    ) -> None:
         self._fanout.to_conversation(
-            "message.new", event, "group", event["conversation_id"]
+            "message.new", event, "group", event["conversation_id"],
+            skip_users=skip_users or (),
         )
 
     def _part(self, event: dict[str, Any], parted_id: int) -> None:
@@ -345,7 +351,7 @@ class ChatService:
         # members hear it on the group channel.
         self._fanout.to_conversation(
             "message.new", event, "group", event["conversation_id"],
-            skip_user=parted_id,
+            skip_users=[parted_id],
         )
         self._fanout.control(parted_id, "leave",
                              conversation_id=event["conversation_id"],
@@ -520,6 +526,13 @@ async def _append_system(
             data=data, target_seq=target_seq, created_at=now,
         )
     )
+    # The actor has seen their own change, as a sender has their own message.
+    await connection.execute(
+        members.update()
+        .where(members.c.conversation_id == conversation_id,
+               members.c.user_id == sender_id, members.c.read_seq < seq)
+        .values(read_seq=seq)
+    )
     event: dict[str, Any] = {
         "conversation_id": conversation_id, "seq": seq, "sender_id": sender_id,
         "kind": kind, "created_at": now,
@@ -567,6 +580,18 @@ async def _membership(connection: Any, conversation_id: int, user_id: int) -> An
         ).first()
         raise _not_member() if exists else NotFound("no such conversation")
     return row
+
+
+async def _is_member(connection: Any, conversation_id: int, user_id: int) -> bool:
+    row = (
+        await connection.execute(
+            sa.select(members.c.user_id).where(
+                members.c.conversation_id == conversation_id,
+                members.c.user_id == user_id,
+            )
+        )
+    ).first()
+    return row is not None
 
 
 async def _group_member(connection: Any, conversation_id: int, user_id: int) -> Any:

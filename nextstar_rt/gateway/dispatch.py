@@ -107,7 +107,14 @@ class Dispatcher:
             logger.exception("handler failed: method=%s session=%d", method, session.id)
             self._error(session, method, request.id, NextstarError("internal error"))
             return
-        session.reply(request.id, result)
+        try:
+            session.reply(request.id, result)
+        except (TypeError, ValueError, OverflowError):
+            # A stored value the encoding cannot carry must not kill the
+            # session: the request still gets its one answer.
+            logger.exception("result not encodable: method=%s", method)
+            self._error(session, method, request.id,
+                        NextstarError("result could not be encoded"))
 
     def _error(
         self, session: Session, method: str, request_id: int | None, error: NextstarError
@@ -162,8 +169,7 @@ class Dispatcher:
 
     async def devices_revoke(self, session: Session, params: Any) -> Any:
         await self._accounts.revoke(session.user_id, params.session_id)
-        self._fanout.control(session.user_id, "revoke",
-                             session_ids=[params.session_id], reason="device revoked")
+        self._revoke_after_reply(session.user_id, [params.session_id], "device revoked")
         return {}
 
     async def profile_get(self, session: Session, params: Any) -> Any:
@@ -173,6 +179,8 @@ class Dispatcher:
 
     async def profile_update(self, session: Session, params: Any) -> Any:
         changes = params.model_dump(exclude_unset=True)
+        if "gender" in changes and changes["gender"] is None:
+            changes["gender"] = "unspecified"  # null clears, as for other fields
         return await self._accounts.update_profile(session.user_id, changes)
 
     async def account_delete(self, session: Session, params: Any) -> Any:

@@ -115,14 +115,14 @@ class Hub:
         if message[0] == CONTROL:
             self._control(channel, message[1], message[2])
             return
-        _, origin, skip_user, published_at, frame = message
+        _, origin, skip_users, published_at, frame = message
         sessions = self._sessions(channel)
         if not sessions:
             return
         binary = text = None
         delivered = 0
         for session in sessions:
-            if session.id == origin or session.user_id == skip_user:
+            if session.id == origin or (skip_users and session.user_id in skip_users):
                 continue
             if session.encoding is Encoding.MSGPACK:
                 if binary is None:

@@ -71,13 +71,19 @@ def decode(data: bytes | str) -> Any:
     """
     try:
         if isinstance(data, str):
-            return json.loads(data)
+            return json.loads(data, parse_constant=_reject_constant)
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
         kind = "json" if isinstance(data, str) else "messagepack"
         raise NextstarError.with_code(
             ErrorCode.BAD_FRAME, f"frame is not valid {kind}"
         ) from exc
+
+
+def _reject_constant(name: str) -> Any:
+    # JSON has no NaN or infinities; Python's decoder accepts them by default,
+    # and they could not be sent on to any JSON client.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 class Request:

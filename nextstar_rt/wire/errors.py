@@ -64,7 +64,7 @@ class CloseCode(enum.IntEnum):
     GOING_AWAY = 1001  # server shutting down
     PROTOCOL_ERROR = 1002  # RFC 6455 framing violation (sent by websockets)
     INVALID_DATA = 1007  # text frame that is not UTF-8 (sent by websockets)
-    POLICY_VIOLATION = 1008  # persistent abuse: too many bad frames or requests
+    POLICY_VIOLATION = 1008  # too many undecodable or malformed frames
     MESSAGE_TOO_BIG = 1009  # frame over the negotiated maximum size
     INTERNAL_ERROR = 1011  # unexpected server fault, or keepalive ping timeout
     TRY_AGAIN_LATER = 1013  # server not ready (store or broker unreachable)
