@@ -130,7 +130,7 @@ class App:
         self.chat = ChatService(self.database, self.fanout, settings.chat)
         self.hub = Hub(self.broker, self.registry, self.metrics)
         self.send_path = SendPath(self.writer, self.fanout, self.hooks, settings.chat,
-                                  self.metrics)
+                                  self.metrics, on_error=self._send_failed)
         self.dispatcher = Dispatcher(self.accounts, self.chat, self.send_path,
                                      self.fanout, self.hub, self.metrics,
                                      self.node_id)
@@ -138,6 +138,9 @@ class App:
                                self.metrics, self.readiness)
         self.addresses: list[Any] = []
         self._stopped = asyncio.Event()
+
+    def _send_failed(self, session: Any, request_id: int, error: Any) -> None:
+        self.dispatcher.send_failed(session, request_id, error)
 
     @property
     def port(self) -> int:

@@ -41,7 +41,14 @@ from redis.retry import Retry
 
 from .base import Broker
 
-__all__ = ["Backoff", "ShardEvents", "ShardLink", "ShardedBroker", "redact_url"]
+__all__ = [
+    "Backoff",
+    "ShardEvents",
+    "ShardLink",
+    "ShardedBroker",
+    "cancel_and_wait",
+    "redact_url",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +85,24 @@ def redact_url(url: str) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+async def cancel_and_wait(
+    tasks: Iterable[asyncio.Future[Any]], patience: float = 0.5
+) -> None:
+    """Cancel ``tasks`` and return once every one of them has ended.
+
+    A task still running after ``patience`` seconds is cancelled again: on
+    Python 3.11, ``asyncio.wait_for``, which redis-py uses for its socket
+    timeouts, loses a cancellation that arrives just as the operation it wraps
+    completes (https://github.com/python/cpython/issues/86296, fixed in 3.12),
+    and the task then carries on as if never cancelled.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=patience)
 
 
 class Backoff:
@@ -223,6 +248,7 @@ class ShardLink:
         self._was_up = False
         self._first_attempt = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._teardown: asyncio.Future[None] | None = None
         self.published = 0
         self.publish_errors = 0
         self.dropped = 0
@@ -270,8 +296,9 @@ class ShardLink:
 
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait([task])
+        if self._teardown is not None:
+            await self._teardown
         self._up = False
 
     # Publishing.
@@ -548,11 +575,23 @@ class ShardLink:
             raise ConnectionError(f"lost {self.name}")
         finally:
             self._subscriber = None
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await subscriber.disconnect(nowait=True)
-            await publisher.disconnect(nowait=True)
+            # Shielded, so that close() cancelling this task once more cannot
+            # cut the teardown short and leave tasks or sockets behind; close()
+            # awaits it instead.
+            self._teardown = asyncio.ensure_future(
+                self._tear_down(tasks, [subscriber, publisher])
+            )
+            await asyncio.shield(self._teardown)
+
+    async def _tear_down(
+        self, tasks: list[asyncio.Task[None]], connections: list[AbstractConnection]
+    ) -> None:
+        """End a session's tasks, forget its expected replies, close its sockets."""
+        await cancel_and_wait(tasks)
+        while self._expected:
+            self._expected.popleft().resolve(None)
+        for connection in connections:
+            await connection.disconnect(nowait=True)
 
     async def _await_first(self, tasks: list[asyncio.Task[None]], step: Any) -> None:
         """Run ``step`` but give up as soon as one of ``tasks`` ends."""
@@ -560,9 +599,7 @@ class ShardLink:
         try:
             await asyncio.wait([step_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not step_task.done():
-                step_task.cancel()
-                await asyncio.gather(step_task, return_exceptions=True)
+            await cancel_and_wait([step_task])
         for task in tasks:
             if task.done():
                 task.result()

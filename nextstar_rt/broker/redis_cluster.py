@@ -23,7 +23,7 @@ from redis.asyncio.connection import parse_url
 from redis.crc import key_slot
 from redis.exceptions import RedisError, SlotNotCoveredError
 
-from ._shard import Backoff, ShardedBroker, ShardLink
+from ._shard import Backoff, ShardedBroker, ShardLink, cancel_and_wait
 
 __all__ = ["RedisClusterBroker"]
 
@@ -104,8 +104,7 @@ class RedisClusterBroker(ShardedBroker):
     async def close(self) -> None:
         self._closing = True
         if self._refresh_task is not None:
-            self._refresh_task.cancel()
-            await asyncio.gather(self._refresh_task, return_exceptions=True)
+            await cancel_and_wait([self._refresh_task])
         await super().close()
         if self._cluster is not None:
             await self._cluster.aclose()

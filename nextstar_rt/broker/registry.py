@@ -18,6 +18,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from ._shard import cancel_and_wait
+
 __all__ = ["NodeRegistry", "LocalRegistry", "RedisRegistry"]
 
 logger = logging.getLogger(__name__)
@@ -149,8 +151,7 @@ class RedisRegistry(NodeRegistry):
             return
         self._closed = True
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            await cancel_and_wait([self._heartbeat])
             self._heartbeat = None
 
         if deregister:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..admin.hooks import Action, Draft, HookPipeline
 from ..config import ChatSettings
@@ -19,8 +19,16 @@ __all__ = ["SendPath"]
 
 logger = logging.getLogger(__name__)
 
-ReplyFn = Callable[[int, Any], None]
-ErrorFn = Callable[[int, NextstarError], None]
+class Sender(Protocol):
+    """What the send path needs of a session: who it is and how to answer."""
+
+    id: int
+    user_id: int
+
+    def reply(self, request_id: int, result: Any) -> None: ...
+
+
+ErrorFn = Callable[[Sender, int, NextstarError], None]
 
 
 class SendPath:
@@ -38,36 +46,31 @@ class SendPath:
         hooks: HookPipeline,
         settings: ChatSettings,
         metrics: Any,
+        on_error: ErrorFn,
     ) -> None:
+        self._on_error = on_error
         self._writer = writer
         self._fanout = fanout
         self._hooks = hooks
         self._max_data = settings.max_data_bytes
         self._metrics = metrics
 
-    def send(
-        self,
-        params: MessageSend,
-        user_id: int,
-        origin_session: int,
-        request_id: int,
-        reply: ReplyFn,
-        reply_error: ErrorFn,
-    ) -> None:
+    def send(self, params: MessageSend, session: Sender, request_id: int) -> None:
+        """Queue the message; ``session`` hears the ack or the error later."""
+        user_id = session.user_id
         data = None
         if params.data is not None:
             data = {"type": params.data.type, "body": params.data.body}
             error = self._check_data(data)
             if error is not None:
-                reply_error(request_id, error)
+                self._on_error(session, request_id, error)
                 return
         draft = Draft("message", user_id, params.conversation_id, params.text, data)
 
         verdict = self._hooks.check(draft)
         if verdict.action is Action.REJECT:
-            reply_error(request_id, Rejected(
-                verdict.reason, {"hook": verdict.hook}
-            ))
+            self._on_error(session, request_id,
+                           Rejected(verdict.reason, {"hook": verdict.hook}))
             return
 
         append = Append(
@@ -75,10 +78,9 @@ class SendPath:
             params.text, data, params.client_msg_id,
         )
         future = self._writer.submit(append)
-        future.add_done_callback(functools.partial(
-            self._stored, append, draft, origin_session, request_id, reply,
-            reply_error,
-        ))
+        future.add_done_callback(
+            functools.partial(self._stored, append, draft, session, request_id)
+        )
 
     def _check_data(self, data: dict[str, Any]) -> NextstarError | None:
         """Return why ``data`` cannot be stored and sent on, or None."""
@@ -102,10 +104,8 @@ class SendPath:
         self,
         append: Append,
         draft: Draft,
-        origin_session: int,
+        session: Sender,
         request_id: int,
-        reply: ReplyFn,
-        reply_error: ErrorFn,
         future: Any,
     ) -> None:
         error = future.exception()
@@ -113,12 +113,12 @@ class SendPath:
             if not isinstance(error, NextstarError):
                 logger.error("send failed", exc_info=error)
                 error = NextstarError("message could not be stored")
-            reply_error(request_id, error)
+            self._on_error(session, request_id, error)
             return
         stored: Stored = future.result()
 
         # The ack goes first: it promises durability, which holds already.
-        reply(request_id, {
+        session.reply(request_id, {
             "conversation_id": stored.conversation_id,
             "seq": stored.seq,
             "created_at": stored.created_at,
@@ -127,7 +127,7 @@ class SendPath:
         if stored.duplicate:
             return  # the original was published when it was stored
 
-        self._metrics.messages_stored.inc()
+        self._metrics.messages_stored += 1
         event: dict[str, Any] = {
             "conversation_id": stored.conversation_id,
             "seq": stored.seq,
@@ -142,7 +142,7 @@ class SendPath:
             event["data"] = append.data
         self._fanout.to_conversation(
             "message.new", event, stored.conversation_kind, stored.conversation_id,
-            stored.direct_members, origin_session=origin_session,
+            stored.direct_members, origin_session=session.id,
         )
         draft.path = stored.conversation_kind
         self._hooks.stored(draft, stored.seq)

@@ -94,10 +94,7 @@ class Dispatcher:
                 raise Unauthenticated("sign in first")
             params = validate_params(model, request.params)
             if method == "message.send":
-                self._send_path.send(
-                    params, session.user_id, session.id, request.id,
-                    session.reply, self._reply_error(session, method),
-                )
+                self._send_path.send(params, session, request.id)
                 return
             result = await self._handlers[method](session, params)
         except NextstarError as error:
@@ -123,10 +120,11 @@ class Dispatcher:
                                     str(error.code)).inc()
         session.reply_error(request_id, error)
 
-    def _reply_error(
-        self, session: Session, method: str
-    ) -> Callable[[int, NextstarError], None]:
-        return lambda request_id, error: self._error(session, method, request_id, error)
+    def send_failed(
+        self, session: Session, request_id: int, error: NextstarError
+    ) -> None:
+        """Answer a ``message.send`` that failed after its dispatch."""
+        self._error(session, "message.send", request_id, error)
 
     # -- accounts ------------------------------------------------------------
 

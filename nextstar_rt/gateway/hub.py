@@ -34,6 +34,9 @@ class Hub:
         self._metrics = metrics
         self.by_user: dict[int, set[Session]] = {}
         self.by_conversation: dict[int, set[Session]] = {}
+        self._last_payload: bytes | None = None
+        self._last_message: list[Any] = []
+        self._last_frames: list[bytes | None] = []
         broker.bind(self.deliver, self.resync)
 
     @property
@@ -111,29 +114,40 @@ class Hub:
 
     def deliver(self, channel: str, payload: bytes) -> None:
         """Write one published event to every local session on ``channel``."""
-        message = unpack(payload)
-        if message[0] == CONTROL:
-            self._control(channel, message[1], message[2])
-            return
+        if payload is self._last_payload:
+            # The same publish on a second channel (a direct message goes to
+            # both users' channels): reuse the decoding and the frames.
+            message, frames = self._last_message, self._last_frames
+        else:
+            message = unpack(payload)
+            if message[0] == CONTROL:
+                self._control(channel, message[1], message[2])
+                return
+            frames = [None, None]
+            self._last_payload, self._last_message = payload, message
+            self._last_frames = frames
         _, origin, skip_users, published_at, frame = message
         sessions = self._sessions(channel)
         if not sessions:
             return
-        binary = text = None
         delivered = 0
         for session in sessions:
             if session.id == origin or (skip_users and session.user_id in skip_users):
                 continue
             if session.encoding is Encoding.MSGPACK:
+                binary = frames[0]
                 if binary is None:
-                    binary = ws_frame(frame, True)
+                    binary = frames[0] = ws_frame(frame, True)
                 delivered += session.write(binary)
             else:
+                text = frames[1]
                 if text is None:
-                    text = ws_frame(encode(decode(frame), Encoding.JSON), False)
+                    text = frames[1] = ws_frame(
+                        encode(decode(frame), Encoding.JSON), False
+                    )
                 delivered += session.write(text)
         if delivered:
-            self._metrics.deliveries.inc(delivered)
+            self._metrics.deliveries += delivered
             self._metrics.delivery_latency.observe(time.time() - published_at)
 
     def _control(self, channel: str, action: str, args: dict[str, Any]) -> None:

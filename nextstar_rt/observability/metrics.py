@@ -30,21 +30,9 @@ class Metrics:
             "nextstar_sessions_signed_in", "Sessions that have signed in.",
             registry=registry,
         )
-        self.requests = Counter(
-            "nextstar_requests", "Requests handled, by method.", ["method"],
-            registry=registry,
-        )
         self.errors = Counter(
             "nextstar_errors", "Error replies, by method and code.",
             ["method", "code"], registry=registry,
-        )
-        self.messages_stored = Counter(
-            "nextstar_messages_stored", "Messages committed by this node.",
-            registry=registry,
-        )
-        self.deliveries = Counter(
-            "nextstar_deliveries", "Frames pushed to local sessions.",
-            registry=registry,
         )
         self.delivery_latency = Histogram(
             "nextstar_delivery_latency_seconds",
@@ -60,16 +48,43 @@ class Metrics:
         self.resyncs = Counter(
             "nextstar_resyncs", "Resync notices sent to sessions.", registry=registry
         )
-        self._per_method: dict[str, Counter] = {}
+        # Counted per message or request: plain integers, which cost a fraction
+        # of a locked Prometheus counter, turned into series at scrape time.
+        self.requests: dict[str, int] = {}
+        self.messages_stored = 0
+        self.deliveries = 0
+        registry.register(_HotCounters(self))
 
     def request(self, method: str) -> None:
-        counter = self._per_method.get(method)
-        if counter is None:
-            counter = self._per_method[method] = self.requests.labels(method)
-        counter.inc()
+        requests = self.requests
+        requests[method] = requests.get(method, 0) + 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _HotCounters(Collector):
+    """Series for the counters :class:`Metrics` keeps as plain integers."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        requests = CounterMetricFamily(
+            "nextstar_requests", "Requests handled, by method.", labels=["method"]
+        )
+        for method, count in sorted(metrics.requests.items()):
+            requests.add_metric([method], float(count))
+        yield requests
+        yield CounterMetricFamily(
+            "nextstar_messages_stored", "Messages committed by this node.",
+            value=float(metrics.messages_stored),
+        )
+        yield CounterMetricFamily(
+            "nextstar_deliveries", "Frames pushed to local sessions.",
+            value=float(metrics.deliveries),
+        )
 
 
 class BrokerCollector(Collector):

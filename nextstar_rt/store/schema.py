@@ -108,7 +108,8 @@ messages = sa.Table(
     sa.Column("sender_id", sa.BigInteger, nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("text", sa.Text),
-    sa.Column("data", sa.JSON),
+    # None is SQL NULL, not the JSON text "null", and costs no encoding.
+    sa.Column("data", sa.JSON(none_as_null=True)),
     sa.Column("client_msg_id", sa.String(64)),
     sa.Column("target_seq", sa.BigInteger),
     sa.Column("created_at", sa.BigInteger, nullable=False),

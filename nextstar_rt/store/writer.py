@@ -11,6 +11,7 @@ conversation at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -53,16 +54,60 @@ class Stored:
     direct_members: tuple[int, ...]
 
 
+# The conversations of a batch with each one's senders who are members: one
+# round trip that also takes the row locks (on PostgreSQL) seq depends on.
+_ids = sa.bindparam("ids", expanding=True)
+_senders = sa.bindparam("senders", expanding=True)
 _lock_conversations = (
     sa.select(
         conversations.c.id,
         conversations.c.kind,
         conversations.c.last_seq,
         conversations.c.direct_key,
+        members.c.user_id,
     )
-    .where(conversations.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .select_from(conversations)
+    .outerjoin(
+        members,
+        sa.and_(
+            members.c.conversation_id == conversations.c.id,
+            members.c.user_id.in_(_senders),
+        ),
+    )
+    .where(conversations.c.id.in_(_ids))
     .order_by(conversations.c.id)
 )
+_lock_conversations_for_update = _lock_conversations.with_for_update(
+    of=conversations
+)
+
+
+@functools.cache
+def _earlier_copies_sql(count: int, dollar: bool) -> str:
+    """SQL finding committed messages by (conversation, sender, client id).
+
+    The keys arrive as a VALUES list joined to the unique index: SQLite scans
+    the whole table for ``(a, b, c) IN ((...), ...)``, but probes the index
+    once per key for a join. Written as driver SQL because the statement's
+    shape changes with the number of keys, which SQLAlchemy would compile
+    afresh for every batch.
+    """
+    if dollar:  # asyncpg: numbered placeholders, typed so the join compares ints
+        rows = ", ".join(
+            f"(${3 * i + 1}::bigint, ${3 * i + 2}::bigint, ${3 * i + 3}::text)"
+            for i in range(count)
+        )
+    else:
+        rows = ", ".join("(?, ?, ?)" for _ in range(count))
+    return (
+        f"WITH k(c, s, m) AS (VALUES {rows}) "
+        "SELECT messages.conversation_id, messages.sender_id, "
+        "messages.client_msg_id, messages.seq, messages.created_at "
+        "FROM k JOIN messages ON messages.conversation_id = k.c "
+        "AND messages.sender_id = k.s AND messages.client_msg_id = k.m"
+    )
+
+_insert_messages = messages.insert()
 _update_last_seq = (
     conversations.update()
     .where(conversations.c.id == sa.bindparam("b_id"))
@@ -168,28 +213,16 @@ class BatchWriter:
     ) -> list[Stored | NextstarError]:
         created_at = now_ms()
 
-        # Lock the conversations, in id order so two nodes never deadlock.
+        # Lock the conversations, in id order so two nodes never deadlock, and
+        # learn which senders are members.
         ids = sorted({append.conversation_id for append in batch})
-        lock = _lock_conversations
-        if not self._database.is_sqlite:
-            lock = lock.with_for_update()
-        rows = (await connection.execute(lock, {"ids": ids})).all()
+        senders = list({append.sender_id for append in batch})
+        lock = (_lock_conversations if self._database.is_sqlite
+                else _lock_conversations_for_update)
+        rows = (await connection.execute(lock, {"ids": ids, "senders": senders})).all()
         conversation = {row.id: row for row in rows}
         last_seq = {row.id: row.last_seq for row in rows}
-
-        # Membership of each sender, in one query.
-        pairs = list({(a.conversation_id, a.sender_id) for a in batch})
-        membership = set(
-            (
-                await connection.execute(
-                    sa.select(members.c.conversation_id, members.c.user_id).where(
-                        sa.tuple_(members.c.conversation_id, members.c.user_id).in_(
-                            pairs
-                        )
-                    )
-                )
-            ).all()
-        )
+        membership = {(row.id, row.user_id) for row in rows if row.user_id is not None}
 
         # Earlier copies of retried sends, committed before this batch.
         keys = [
@@ -199,20 +232,9 @@ class BatchWriter:
         ]
         earlier: dict[tuple[int, int, str], tuple[int, int]] = {}
         if keys:
-            found = await connection.execute(
-                sa.select(
-                    messages.c.conversation_id,
-                    messages.c.sender_id,
-                    messages.c.client_msg_id,
-                    messages.c.seq,
-                    messages.c.created_at,
-                ).where(
-                    sa.tuple_(
-                        messages.c.conversation_id,
-                        messages.c.sender_id,
-                        messages.c.client_msg_id,
-                    ).in_(keys)
-                )
+            sql = _earlier_copies_sql(len(keys), not self._database.is_sqlite)
+            found = await connection.exec_driver_sql(
+                sql, tuple(value for key in keys for value in key)
             )
             earlier = {(r[0], r[1], r[2]): (r[3], r[4]) for r in found}
 
@@ -257,7 +279,7 @@ class BatchWriter:
             )
 
         if inserts:
-            await connection.execute(messages.insert(), inserts)
+            await connection.execute(_insert_messages, inserts)
             await connection.execute(
                 _update_last_seq,
                 [
@@ -266,13 +288,13 @@ class BatchWriter:
                     if seq != conversation[cid].last_seq
                 ],
             )
-            # A sender has read everything up to their own message.
+            # A sender has read everything up to their own newest message.
+            newest = {(i["conversation_id"], i["sender_id"]): i["seq"] for i in inserts}
             await connection.execute(
                 _advance_read,
                 [
-                    {"b_conversation": i["conversation_id"], "b_user": i["sender_id"],
-                     "b_seq": i["seq"]}
-                    for i in inserts
+                    {"b_conversation": cid, "b_user": user, "b_seq": seq}
+                    for (cid, user), seq in newest.items()
                 ],
             )
         return outcomes
