@@ -197,3 +197,17 @@ async def test_recall_leaves_a_tombstone_for_every_member(server):
         history = await member.history_all(cid)
         recalled = next(m for m in history if m["seq"] == ack["seq"])
         assert recalled["recalled"] is True and "text" not in recalled
+
+
+async def test_a_structured_payload_round_trips_on_every_path(server):
+    alice = await server.sign_in()
+    bob = await server.sign_in(encoding="json")
+    cid = (await alice.call("conv.direct", user_id=bob.user_id))["conversation_id"]
+    data = {"type": "card", "body": {"title": "Lunch?", "options": [1, 2.5, None],
+                                     "nested": {"ok": True, "name": "café"}}}
+    ack = await alice.call("message.send", conversation_id=cid, client_msg_id="card",
+                           data=data)
+    [pushed] = await collect(bob, 1, conversation_id=cid)
+    [stored] = await bob.history_all(cid)
+    assert pushed["data"] == stored["data"] == data
+    assert (pushed["kind"], stored["seq"]) == ("data", ack["seq"])

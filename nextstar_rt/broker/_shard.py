@@ -466,15 +466,26 @@ class ShardLink:
                 except ResponseError as exc:
                     self._refused(exc)
                     continue
-                if reply[0] == self._commands.message:
-                    self._deliver(reply[1], reply[2])
-                else:
-                    self._confirm(reply[0], reply[1])
+                self._dispatch(reply)
         finally:
             if self._subscriber is subscriber:
                 self._subscriber = None
             while self._expected:
                 self._expected.popleft().resolve(None)
+
+    def _dispatch(self, reply: Any) -> None:
+        """Route one reply: a message, a confirmation, or a PING's answer."""
+        if isinstance(reply, list):
+            if reply[0] == self._commands.message:
+                self._deliver(reply[1], reply[2])
+            else:
+                self._confirm(reply[0], reply[1])
+        elif reply == b"PONG":
+            # Outside subscribed mode (no channel yet, or none left) Redis
+            # answers PING with a plain status instead of a pub/sub reply.
+            self._confirm(b"pong", b"")
+        else:
+            logger.warning("shard %s: unexpected reply %.80r", self.name, reply)
 
     def _deliver(self, channel: bytes, payload: bytes) -> None:
         try:
