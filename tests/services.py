@@ -45,8 +45,8 @@ __all__ = [
     "RedisClusterProcesses",
     "RedisProcess",
     "ServiceError",
-    "free_cluster_port",
     "free_port",
+    "free_server_port",
     "require_binary",
     "running",
     "wait_until",
@@ -119,17 +119,24 @@ def _is_free(port: int) -> bool:
     return True
 
 
-def free_cluster_port() -> int:
-    """Return a free port whose cluster bus port (10000 higher) is free too.
+def free_server_port() -> int:
+    """Return a free port for a server that may be restarted on it.
 
-    Redis Cluster nodes need a port of at most 55535, so this draws from below
-    the kernel's ephemeral range rather than asking the kernel.
+    The port and the one 10000 higher (a Redis Cluster node's bus port) are
+    drawn from below the kernel's ephemeral range, so that no client socket
+    takes either while the server is down, and checked to be free now.
     """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            ephemeral_low = int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    highest = max(ephemeral_low - 10001, 10100)
     for _ in range(1000):
-        port = random.randint(20000, 29999)
+        port = random.randint(10000, highest)
         if _is_free(port) and _is_free(port + 10000):
             return port
-    raise ServiceError("no free port pair for a cluster node")
+    raise ServiceError("no free port for a server")
 
 
 async def wait_until(
@@ -233,16 +240,17 @@ class RedisProcess(_ServerProcess):
     """One ``redis-server`` on 127.0.0.1, without persistence.
 
     Args:
-        port: The port; a free one when omitted.
+        port: The port; by default one from :func:`free_server_port`.
         extra_args: More ``redis-server`` arguments, such as cluster mode.
     """
 
     def __init__(self, port: int | None = None, extra_args: Sequence[str] = ()):
         self.binary = require_binary("redis-server")
-        self.port = port or free_port()
+        self.port = port or free_server_port()
         directory = Path(tempfile.mkdtemp(prefix=f"nextstar-redis-{self.port}-"))
         super().__init__(f"redis-{self.port}", directory)
         self.extra_args = list(extra_args)
+        self._may_move = port is None
 
     @property
     def url(self) -> str:
@@ -250,19 +258,33 @@ class RedisProcess(_ServerProcess):
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> RedisProcess:
-        """Start the server and return once it answers PING."""
-        self._spawn(
-            [
-                self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.directory),
-                *self.extra_args,
-            ]
-        )  # fmt: skip
-        self._wait_ready(self.ping)
+        """Start the server and return once it answers PING.
+
+        Before the first start only, a drawn port that another program took
+        meanwhile is replaced by a new one; a restart keeps its port.
+        """
+        for attempt in range(3):
+            self._spawn(
+                [
+                    self.binary,
+                    "--port", str(self.port),
+                    "--bind", "127.0.0.1",
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--dir", str(self.directory),
+                    *self.extra_args,
+                ]
+            )  # fmt: skip
+            try:
+                self._wait_ready(self.ping)
+                break
+            except ServiceError:
+                taken = "Address already in use" in self.log_tail(3)
+                if not (self._may_move and taken) or attempt == 2:
+                    raise
+                self._end(signal.SIGKILL)
+                self.port = free_server_port()
+        self._may_move = False
         return self
 
     def restart(self) -> RedisProcess:
@@ -294,7 +316,6 @@ class RedisClusterProcesses:
         require_binary("redis-cli")
         self.nodes = [
             RedisProcess(
-                port=free_cluster_port(),
                 extra_args=[
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
 import pytest
 
+from nextstar_rt.broker import _shard
 from nextstar_rt.broker.base import Broker
 from nextstar_rt.broker.redis import RedisBroker
-from tests.services import RedisProcess, wait_until
+from tests.services import TIMEOUT_SCALE, RedisProcess, wait_until
 
 CHANNELS = [f"c:{n}" for n in range(30)]
 
@@ -272,3 +276,50 @@ async def test_start_with_a_shard_down_reports_not_ready_then_heals(
         await wait_until(broker.is_ready)
     finally:
         await broker.close()
+
+
+@pytest.fixture
+def quick_health_checks(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Check shard health every 50 ms instead of every few seconds."""
+    interval = 0.05 * TIMEOUT_SCALE
+    monkeypatch.setattr(_shard, "HEALTH_INTERVAL", interval)
+    return interval
+
+
+async def test_health_checks_keep_idle_shards_up(
+    quick_health_checks: float, make_node: MakeNode
+) -> None:
+    # One node subscribes (pub/sub mode answers PING one way), the other does
+    # not (plain mode answers it another way).
+    publisher, _ = await make_node()
+    subscriber, recorder = await make_node()
+    await subscriber.subscribe(CHANNELS[0])
+
+    await asyncio.sleep(quick_health_checks * 10)
+
+    assert publisher.is_ready() and subscriber.is_ready()
+    assert recorder.resyncs == []
+    for broker in (publisher, subscriber):
+        assert all(s["reconnects"] == 0 for s in broker.stats()["shards"].values())
+
+
+async def test_shard_that_stops_answering_is_marked_lost(
+    quick_health_checks: float,
+    make_node: MakeNode,
+    redis_shards: list[RedisProcess],
+) -> None:
+    subscriber, recorder = await make_node()
+    for channel in CHANNELS:
+        await subscriber.subscribe(channel)
+    frozen = redis_shards[0]
+    on_frozen = {c for c in CHANNELS if subscriber.shard_for(c) == frozen.url}
+
+    # A stopped process keeps its sockets open: only the health check sees it.
+    assert frozen.pid is not None
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        await wait_until(lambda: not subscriber.is_ready())
+        assert recorder.resynced() == on_frozen
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    await wait_until(subscriber.is_ready)

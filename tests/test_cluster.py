@@ -205,6 +205,11 @@ async def test_clients_of_a_killed_node_reconnect_elsewhere_and_lose_nothing(
         await bob.resume(bob_entry["token"])
         cid = (await alice.call("conv.direct", user_id=bob_entry["user_id"]))[
             "conversation_id"]
+        # Pushes cross between the node processes before the failure.
+        first = await alice.send_text(cid, "across processes")
+        [pushed] = await collect(bob, 1, conversation_id=cid)
+        assert pushed["seq"] == first["seq"]
+
         futures = [alice.request("message.send", {
             "conversation_id": cid, "client_msg_id": f"k{i}", "text": f"k{i}"})
             for i in range(300)]
@@ -224,8 +229,9 @@ async def test_clients_of_a_killed_node_reconnect_elsewhere_and_lose_nothing(
             acked.add(ack["seq"])
         caught_up = await bob.sync({cid: 0})
         texts = [m["text"] for m in caught_up[cid]]
-        assert sorted(texts) == sorted(f"k{i}" for i in range(300))
-        assert {m["seq"] for m in caught_up[cid]} == acked
+        assert sorted(texts) == sorted(
+            ["across processes"] + [f"k{i}" for i in range(300)])
+        assert {m["seq"] for m in caught_up[cid]} == acked | {first["seq"]}
         await alice.close()
         await bob.close()
     finally:

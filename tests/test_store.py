@@ -115,3 +115,16 @@ async def test_a_closed_writer_refuses_new_appends(database):
     with pytest.raises(NextstarError) as error:
         await writer.submit(Append(1, 1, "text", "late"))
     assert error.value.code is ErrorCode.UNAVAILABLE
+
+
+async def test_nodes_migrating_at_once_do_not_collide(postgres_url):
+    databases = [Database(postgres_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(database.migrate() for database in databases))
+        async with databases[0].read() as connection:
+            version = (await connection.execute(
+                sa.text("SELECT version_num FROM alembic_version"))).scalar_one()
+        assert version == "0001"
+    finally:
+        for database in databases:
+            await database.close()

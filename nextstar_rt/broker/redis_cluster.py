@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.crc import key_slot
-from redis.exceptions import RedisError, SlotNotCoveredError
+from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 from ._shard import Backoff, ShardedBroker, ShardLink, cancel_and_wait
 
@@ -86,7 +86,7 @@ class RedisClusterBroker(ShardedBroker):
         """Load the slot map and connect to every master.
 
         Raises:
-            redis.exceptions.RedisError: If no startup node answers.
+            redis.exceptions.RedisClusterException: If no startup node answers.
         """
         startup_nodes = [
             ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379)
@@ -240,7 +240,7 @@ class RedisClusterBroker(ShardedBroker):
             try:
                 await self._refresh()
                 failed = False
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 logger.warning("slot map reload failed: %s", exc)
                 failed = True
             if not (failed or self._refresh_again or not self.is_ready()):

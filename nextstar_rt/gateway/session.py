@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,10 @@ __all__ = ["Session", "TokenBucket"]
 
 logger = logging.getLogger(__name__)
 
-_session_ids = itertools.count(1)
+# Session ids travel between nodes (a publish names its origin session so that
+# the sender's own connection is skipped), so they must not repeat across
+# processes: each process counts from its own random 30-bit prefix.
+_session_ids = itertools.count((secrets.randbits(30) << 32) + 1)
 
 
 class TokenBucket:

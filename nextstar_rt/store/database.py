@@ -19,6 +19,7 @@ __all__ = ["Database", "now_ms"]
 logger = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x6E5352  # any constant that every node agrees on
 
 
 def now_ms() -> int:
@@ -76,6 +77,12 @@ class Database:
     async def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
         async with self.write() as connection:
+            if not self.is_sqlite:
+                # Nodes starting together would otherwise race to create the
+                # same tables; the lock lasts until this transaction ends.
+                await connection.exec_driver_sql(
+                    f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"
+                )
             await connection.run_sync(_upgrade)
         logger.info("store migrated: %s", self.display_url)
 
