@@ -8,13 +8,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-__all__ = ["Database", "now_ms"]
+__all__ = ["Database", "now_ms", "sqlite_pragmas"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Database:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(self.url, connect_args={"timeout": 30})
-            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            sa.event.listen(engine.sync_engine, "connect", sqlite_pragmas)
             return engine
         connect_args = {}
         if statement_timeout_ms:
@@ -92,6 +93,15 @@ class Database:
             yield connection
 
     @contextlib.asynccontextmanager
+    async def write_lock(self) -> AsyncIterator[None]:
+        """Hold this process's SQLite write lock (nothing on PostgreSQL)."""
+        if self._write_lock is None:
+            yield
+            return
+        async with self._write_lock:
+            yield
+
+    @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """Open a write transaction; commit on success, roll back on error."""
         if self._write_lock is None:
@@ -113,7 +123,8 @@ class Database:
         await self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def sqlite_pragmas(dbapi_connection: Any, _record: Any = None) -> None:
+    """Set the pragmas every SQLite connection of the server uses."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     # FULL syncs the WAL on every commit: an ack survives power loss, not only

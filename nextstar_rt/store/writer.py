@@ -6,6 +6,12 @@ of one per message. Inside the transaction each conversation row is locked
 (``SELECT ... FOR UPDATE`` on PostgreSQL, the write lock on SQLite), which is
 what keeps ``seq`` gap-free and unique when several nodes append to the same
 conversation at once.
+
+The batch itself is one synchronous function over driver SQL
+(:func:`_store_batch`). On SQLite it runs in a thread of its own with its own
+connection, so a batch costs one hand-over between threads rather than one per
+statement; on PostgreSQL it runs through SQLAlchemy's ``run_sync`` over
+asyncpg.
 """
 
 from __future__ import annotations
@@ -14,15 +20,16 @@ import asyncio
 import functools
 import json
 import logging
+import sqlite3
 from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
-
-import sqlalchemy as sa
+from typing import Any, Protocol
 
 from ..wire.errors import ErrorCode, NextstarError, NotFound
-from .database import Database, now_ms
-from .schema import conversations, direct_pair, members, messages
+from .database import Database, now_ms, sqlite_pragmas
+from .schema import direct_pair
 
 __all__ = ["Append", "Stored", "BatchWriter"]
 
@@ -55,91 +62,6 @@ class Stored:
     direct_members: tuple[int, ...]
 
 
-# The conversations of a batch with each one's senders who are members: one
-# round trip that also takes the row locks (on PostgreSQL) seq depends on.
-_ids = sa.bindparam("ids", expanding=True)
-_senders = sa.bindparam("senders", expanding=True)
-_lock_conversations = (
-    sa.select(
-        conversations.c.id,
-        conversations.c.kind,
-        conversations.c.last_seq,
-        conversations.c.direct_key,
-        members.c.user_id,
-    )
-    .select_from(conversations)
-    .outerjoin(
-        members,
-        sa.and_(
-            members.c.conversation_id == conversations.c.id,
-            members.c.user_id.in_(_senders),
-        ),
-    )
-    .where(conversations.c.id.in_(_ids))
-    .order_by(conversations.c.id)
-)
-_lock_conversations_for_update = _lock_conversations.with_for_update(
-    of=conversations
-)
-
-
-@functools.cache
-def _earlier_copies_sql(count: int, dollar: bool) -> str:
-    """SQL finding committed messages by (conversation, sender, client id).
-
-    The keys arrive as a VALUES list joined to the unique index: SQLite scans
-    the whole table for ``(a, b, c) IN ((...), ...)``, but probes the index
-    once per key for a join. Written as driver SQL because the statement's
-    shape changes with the number of keys, which SQLAlchemy would compile
-    afresh for every batch.
-    """
-    if dollar:  # asyncpg: numbered placeholders, typed so the join compares ints
-        rows = ", ".join(
-            f"(${3 * i + 1}::bigint, ${3 * i + 2}::bigint, ${3 * i + 3}::text)"
-            for i in range(count)
-        )
-    else:
-        rows = ", ".join("(?, ?, ?)" for _ in range(count))
-    return (
-        f"WITH k(c, s, m) AS (VALUES {rows}) "
-        "SELECT messages.conversation_id, messages.sender_id, "
-        "messages.client_msg_id, messages.seq, messages.created_at "
-        "FROM k JOIN messages ON messages.conversation_id = k.c "
-        "AND messages.sender_id = k.s AND messages.client_msg_id = k.m"
-    )
-
-
-
-class _WriteSql:
-    """The batch's writes as driver SQL, executed many times with tuples.
-
-    SQLAlchemy spends several microseconds per row turning parameter maps into
-    driver parameters; for the rows of every message that is most of the
-    writer's time, so these three statements go to the driver directly.
-    """
-
-    def __init__(self, dollar: bool) -> None:
-        def marks(count: int) -> str:
-            if dollar:  # asyncpg numbers its placeholders
-                return ", ".join(f"${i}" for i in range(1, count + 1))
-            return ", ".join("?" * count)
-
-        self.insert = (
-            "INSERT INTO messages (conversation_id, seq, sender_id, kind, text, "
-            f"data, client_msg_id, created_at) VALUES ({marks(8)})"
-        )
-        one, two, three, four = marks(4).split(", ")
-        self.last_seq = (
-            f"UPDATE conversations SET last_seq = {one}, updated_at = {two} "
-            f"WHERE id = {three}"
-        )
-        self.read_seq = (
-            f"UPDATE members SET read_seq = {one} WHERE conversation_id = {two} "
-            f"AND user_id = {three} AND read_seq < {four}"
-        )
-
-
-
 class BatchWriter:
     """Group-commit message appends.
 
@@ -151,8 +73,9 @@ class BatchWriter:
     def __init__(self, database: Database, batch_max: int = 256) -> None:
         self._database = database
         self._batch_max = batch_max
+        self._sql = _Sql(dollar=not database.is_sqlite)
+        self._sqlite = _SqliteThread(database) if database.is_sqlite else None
         self._pending: deque[Append] = deque()
-        self._sql = _WriteSql(dollar=not database.is_sqlite)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -186,6 +109,8 @@ class BatchWriter:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        if self._sqlite is not None:
+            await self._sqlite.close()
 
     async def _run(self) -> None:
         while True:
@@ -201,9 +126,15 @@ class BatchWriter:
                 return
 
     async def _commit(self, batch: list[Append]) -> None:
+        store = functools.partial(_store_batch, self._sql, batch)
         try:
-            async with self._database.write() as connection:
-                outcomes = await self._store(connection, batch)
+            if self._sqlite is not None:
+                outcomes = await self._sqlite.run(store)
+            else:
+                async with self._database.write() as connection:
+                    outcomes = await connection.run_sync(
+                        lambda sync: store(_SqlAlchemyCursor(sync))
+                    )
         except Exception:
             if len(batch) == 1:
                 logger.exception("append failed")
@@ -225,83 +156,223 @@ class BatchWriter:
                 self.stored += not outcome.duplicate
                 append.future.set_result(outcome)
 
-    async def _store(
-        self, connection: Any, batch: list[Append]
-    ) -> list[Stored | NextstarError]:
-        created_at = now_ms()
 
-        # Lock the conversations, in id order so two nodes never deadlock, and
-        # learn which senders are members.
-        ids = sorted({append.conversation_id for append in batch})
-        senders = list({append.sender_id for append in batch})
-        lock = (_lock_conversations if self._database.is_sqlite
-                else _lock_conversations_for_update)
-        rows = (await connection.execute(lock, {"ids": ids, "senders": senders})).all()
-        conversation = {row.id: row for row in rows}
-        last_seq = {row.id: row.last_seq for row in rows}
-        membership = {(row.id, row.user_id) for row in rows if row.user_id is not None}
+class _Cursor(Protocol):
+    """The two calls a batch makes of its database connection."""
 
-        # Earlier copies of retried sends, committed before this batch.
-        keys = [
-            (a.conversation_id, a.sender_id, a.client_msg_id)
-            for a in batch
-            if a.client_msg_id is not None
-        ]
-        earlier: dict[tuple[int, int, str], tuple[int, int]] = {}
-        if keys:
-            sql = _earlier_copies_sql(len(keys), not self._database.is_sqlite)
-            found = await connection.exec_driver_sql(
-                sql, tuple(value for key in keys for value in key)
+    def rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
+
+    def many(self, sql: str, params: list[tuple[Any, ...]]) -> None: ...
+
+
+class _SqlAlchemyCursor:
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return list(self._connection.exec_driver_sql(sql, tuple(params)).all())
+
+    def many(self, sql: str, params: list[tuple[Any, ...]]) -> None:
+        self._connection.exec_driver_sql(sql, params)
+
+
+class _SqliteCursor:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._connection.execute(sql, params).fetchall()
+
+    def many(self, sql: str, params: list[tuple[Any, ...]]) -> None:
+        self._connection.executemany(sql, params)
+
+
+class _SqliteThread:
+    """One thread with its own SQLite connection, for the writer's batches.
+
+    Batches run under the database's write lock, so they never contend with
+    the other writes of this process; other processes wait on SQLite's busy
+    timeout.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="nextstar-writer")
+        self._connection: sqlite3.Connection | None = None
+
+    async def run(self, store: Callable[[_Cursor], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        async with self._database.write_lock():
+            return await loop.run_in_executor(self._executor, self._run, store)
+
+    def _run(self, store: Callable[[_Cursor], Any]) -> Any:
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = sqlite3.connect(
+                self._database.url.database, isolation_level=None, timeout=30
             )
-            earlier = {(r[0], r[1], r[2]): (r[3], r[4]) for r in found}
-
-        outcomes: list[Stored | NextstarError] = []
-        inserts: list[tuple[Any, ...]] = []
-        for append in batch:
-            row = conversation.get(append.conversation_id)
-            if row is None:
-                outcomes.append(NotFound("no such conversation"))
-                continue
-            direct = direct_pair(row.direct_key)
-            if (append.conversation_id, append.sender_id) not in membership:
-                outcomes.append(
-                    NextstarError.with_code(
-                        ErrorCode.NOT_MEMBER, "not a member of this conversation"
-                    )
-                )
-                continue
-            key = (append.conversation_id, append.sender_id, append.client_msg_id)
-            if append.client_msg_id is not None and key in earlier:
-                seq, at = earlier[key]
-                outcomes.append(Stored(key[0], seq, at, True, row.kind, direct))
-                continue
-            seq = last_seq[append.conversation_id] + 1
-            last_seq[append.conversation_id] = seq
-            if append.client_msg_id is not None:
-                earlier[key] = (seq, created_at)  # a retry inside this batch
-            data = None if append.data is None else _json(append.data)
-            inserts.append((
-                append.conversation_id, seq, append.sender_id, append.kind,
-                append.text, data, append.client_msg_id, created_at,
-            ))
-            outcomes.append(
-                Stored(append.conversation_id, seq, created_at, False, row.kind, direct)
-            )
-
-        if inserts:
-            sql = self._sql
-            await connection.exec_driver_sql(sql.insert, inserts)
-            await connection.exec_driver_sql(sql.last_seq, [
-                (seq, created_at, cid)
-                for cid, seq in last_seq.items()
-                if seq != conversation[cid].last_seq
-            ])
-            # A sender has read everything up to their own newest message.
-            newest = {(row[0], row[2]): row[1] for row in inserts}
-            await connection.exec_driver_sql(sql.read_seq, [
-                (seq, cid, user, seq) for (cid, user), seq in newest.items()
-            ])
+            sqlite_pragmas(connection, None)
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            outcomes = store(_SqliteCursor(connection))
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
         return outcomes
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class _Sql:
+    """The batch's statements in the driver's own placeholder style.
+
+    Driver SQL rather than SQLAlchemy statements: SQLAlchemy spends several
+    microseconds per row turning parameter maps into driver parameters, and
+    statements whose ``IN`` lists change length with every batch would be
+    compiled afresh each time. The variable-length ones are cached by size.
+    """
+
+    def __init__(self, dollar: bool) -> None:
+        self.dollar = dollar  # asyncpg numbers its placeholders: $1, $2, ...
+        self.insert = (
+            "INSERT INTO messages (conversation_id, seq, sender_id, kind, text, "
+            f"data, client_msg_id, created_at) VALUES ({self.marks(8)})"
+        )
+        one, two, three, four = self.marks(4).split(", ")
+        self.last_seq = (
+            f"UPDATE conversations SET last_seq = {one}, updated_at = {two} "
+            f"WHERE id = {three}"
+        )
+        self.read_seq = (
+            f"UPDATE members SET read_seq = {one} WHERE conversation_id = {two} "
+            f"AND user_id = {three} AND read_seq < {four}"
+        )
+
+    def marks(self, count: int, start: int = 1, cast: str = "") -> str:
+        if self.dollar:
+            return ", ".join(f"${i}{cast}" for i in range(start, start + count))
+        return ", ".join("?" * count)
+
+    @functools.cache
+    def lock(self, ids: int, senders: int) -> str:
+        """The conversations of a batch, each with its senders who are members.
+
+        One round trip that also takes the row locks (on PostgreSQL) that
+        ``seq`` depends on; ``ORDER BY`` makes every node lock in the same
+        order, so two nodes never deadlock.
+        """
+        sql = (
+            "SELECT c.id, c.kind, c.last_seq, c.direct_key, m.user_id "
+            "FROM conversations c LEFT OUTER JOIN members m "
+            "ON m.conversation_id = c.id "
+            f"AND m.user_id IN ({self.marks(senders, cast='::bigint')}) "
+            f"WHERE c.id IN ({self.marks(ids, senders + 1, '::bigint')}) "
+            "ORDER BY c.id"
+        )
+        return sql + " FOR UPDATE OF c" if self.dollar else sql
+
+    @functools.cache
+    def earlier_copies(self, count: int) -> str:
+        """Committed messages by (conversation, sender, client id).
+
+        The keys arrive as a VALUES list joined to the unique index: SQLite
+        scans the whole table for ``(a, b, c) IN ((...), ...)``, but probes
+        the index once per key for a join.
+        """
+        if self.dollar:  # typed, so that the join compares like with like
+            rows = ", ".join(
+                f"(${3 * i + 1}::bigint, ${3 * i + 2}::bigint, ${3 * i + 3}::text)"
+                for i in range(count)
+            )
+        else:
+            rows = ", ".join("(?, ?, ?)" for _ in range(count))
+        return (
+            f"WITH k(c, s, m) AS (VALUES {rows}) "
+            "SELECT messages.conversation_id, messages.sender_id, "
+            "messages.client_msg_id, messages.seq, messages.created_at "
+            "FROM k JOIN messages ON messages.conversation_id = k.c "
+            "AND messages.sender_id = k.s AND messages.client_msg_id = k.m"
+        )
+
+
+def _store_batch(
+    sql: _Sql, batch: list[Append], cursor: _Cursor
+) -> list[Stored | NextstarError]:
+    """Store ``batch`` in the open transaction; return one outcome per append."""
+    created_at = now_ms()
+
+    # Lock the conversations and learn which senders are members.
+    ids = sorted({append.conversation_id for append in batch})
+    senders = sorted({append.sender_id for append in batch})
+    rows = cursor.rows(sql.lock(len(ids), len(senders)), [*senders, *ids])
+    conversation = {row[0]: row for row in rows}
+    last_seq = {row[0]: row[2] for row in rows}
+    membership = {(row[0], row[4]) for row in rows if row[4] is not None}
+
+    # Earlier copies of retried sends, committed before this batch.
+    keys = [
+        (a.conversation_id, a.sender_id, a.client_msg_id)
+        for a in batch
+        if a.client_msg_id is not None
+    ]
+    earlier: dict[tuple[int, int, str], tuple[int, int]] = {}
+    if keys:
+        flat = [value for key in keys for value in key]
+        found = cursor.rows(sql.earlier_copies(len(keys)), flat)
+        earlier = {(r[0], r[1], r[2]): (r[3], r[4]) for r in found}
+
+    outcomes: list[Stored | NextstarError] = []
+    inserts: list[tuple[Any, ...]] = []
+    for append in batch:
+        row = conversation.get(append.conversation_id)
+        if row is None:
+            outcomes.append(NotFound("no such conversation"))
+            continue
+        kind, direct = row[1], direct_pair(row[3])
+        if (append.conversation_id, append.sender_id) not in membership:
+            outcomes.append(NextstarError.with_code(
+                ErrorCode.NOT_MEMBER, "not a member of this conversation"
+            ))
+            continue
+        key = (append.conversation_id, append.sender_id, append.client_msg_id)
+        if append.client_msg_id is not None and key in earlier:
+            seq, at = earlier[key]
+            outcomes.append(Stored(key[0], seq, at, True, kind, direct))
+            continue
+        seq = last_seq[append.conversation_id] + 1
+        last_seq[append.conversation_id] = seq
+        if append.client_msg_id is not None:
+            earlier[key] = (seq, created_at)  # a retry inside this batch
+        data = None if append.data is None else _json(append.data)
+        inserts.append((
+            append.conversation_id, seq, append.sender_id, append.kind,
+            append.text, data, append.client_msg_id, created_at,
+        ))
+        outcomes.append(Stored(append.conversation_id, seq, created_at, False, kind,
+                               direct))
+
+    if inserts:
+        cursor.many(sql.insert, inserts)
+        cursor.many(sql.last_seq, [
+            (seq, created_at, cid)
+            for cid, seq in last_seq.items()
+            if seq != conversation[cid][2]
+        ])
+        # A sender has read everything up to their own newest message.
+        newest = {(row[0], row[2]): row[1] for row in inserts}
+        cursor.many(sql.read_seq, [
+            (seq, cid, user, seq) for (cid, user), seq in newest.items()
+        ])
+    return outcomes
 
 
 _json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
