@@ -197,11 +197,15 @@ class _SqliteThread:
 
     def __init__(self, database: Database) -> None:
         self._database = database
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="nextstar-writer")
+        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            1, thread_name_prefix="nextstar-writer"
+        )
         self._connection: sqlite3.Connection | None = None
 
     async def run(self, store: Callable[[_Cursor], Any]) -> Any:
         loop = asyncio.get_running_loop()
+        if self._executor is None:
+            raise RuntimeError("the writer thread is closed")
         async with self._database.write_lock():
             return await loop.run_in_executor(self._executor, self._run, store)
 
@@ -222,9 +226,11 @@ class _SqliteThread:
         return outcomes
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
+        if self._executor is None:
+            return  # closed already
+        executor, self._executor = self._executor, None
+        await asyncio.get_running_loop().run_in_executor(executor, self._close)
+        executor.shutdown(wait=True)
 
     def _close(self) -> None:
         if self._connection is not None:
