@@ -41,8 +41,10 @@ def build_broker(settings: Settings) -> Broker:
         return LocalBroker()
     if not broker.urls:
         raise ConfigError(f"broker.kind = {broker.kind!r} needs broker.urls")
-    options = {"reconnect_min": broker.reconnect_min,
-               "reconnect_max": broker.reconnect_max}
+    options = {
+        "reconnect_min": broker.reconnect_min,
+        "reconnect_max": broker.reconnect_max,
+    }
     if broker.kind == "redis":
         from .broker.redis import RedisBroker
 
@@ -57,8 +59,12 @@ def build_registry(settings: Settings, node_id: str) -> NodeRegistry:
     broker = settings.broker
     if broker.kind == "local":
         return LocalRegistry(node_id)
-    return RedisRegistry(node_id, broker.urls[0], ttl=broker.node_ttl,
-                         cluster=broker.kind == "redis_cluster")
+    return RedisRegistry(
+        node_id,
+        broker.urls[0],
+        ttl=broker.node_ttl,
+        cluster=broker.kind == "redis_cluster",
+    )
 
 
 def build_sender(settings: Settings) -> SmsSender:
@@ -123,19 +129,34 @@ class App:
         )
         self.writer = BatchWriter(self.database, settings.store.batch_max)
         self.fanout = Fanout(self.broker)
-        self.hooks = HookPipeline(pre_send=[BlockedWordsHook(settings.hooks.blocked_words)])
+        self.hooks = HookPipeline(
+            pre_send=[BlockedWordsHook(settings.hooks.blocked_words)]
+        )
         self.accounts = AccountService(
             self.database, self.sender, settings.accounts, b""
         )
         self.chat = ChatService(self.database, self.fanout, settings.chat)
         self.hub = Hub(self.broker, self.registry, self.metrics)
-        self.send_path = SendPath(self.writer, self.fanout, self.hooks, settings.chat,
-                                  self.metrics, on_error=self._send_failed)
-        self.dispatcher = Dispatcher(self.accounts, self.chat, self.send_path,
-                                     self.fanout, self.hub, self.metrics,
-                                     self.node_id)
-        self.gateway = Gateway(settings.gateway, self.dispatcher, self.hub,
-                               self.metrics, self.readiness)
+        self.send_path = SendPath(
+            self.writer,
+            self.fanout,
+            self.hooks,
+            settings.chat,
+            self.metrics,
+            on_error=self._send_failed,
+        )
+        self.dispatcher = Dispatcher(
+            self.accounts,
+            self.chat,
+            self.send_path,
+            self.fanout,
+            self.hub,
+            self.metrics,
+            self.node_id,
+        )
+        self.gateway = Gateway(
+            settings.gateway, self.dispatcher, self.hub, self.metrics, self.readiness
+        )
         self.addresses: list[Any] = []
         self._stopped = asyncio.Event()
 
@@ -184,7 +205,8 @@ class App:
         # before the close frames follow them.
         await asyncio.sleep(0)
         await self.gateway.close_sessions(
-            CloseCode.GOING_AWAY, "server shutting down",
+            CloseCode.GOING_AWAY,
+            "server shutting down",
             self.settings.server.shutdown_grace,
         )
         await self.registry.close()
@@ -208,7 +230,8 @@ def describe_start(app: App) -> list[str]:
     settings = app.settings
     lines = [
         f"NextStar RT listening on {app.url}",
-        f"  health: http://{settings.server.host}:{app.port}/healthz, /readyz, /metrics",
+        f"  health: http://{settings.server.host}:{app.port}/healthz (also /readyz, "
+        "/metrics)",
         f"  store:  {app.database.display_url}",
         f"  data:   {Path(settings.server.data_dir).resolve()}",
         f"  broker: {settings.broker.kind}",

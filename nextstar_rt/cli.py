@@ -33,23 +33,25 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server", parents=[common])
     serve.add_argument("--host", help="address to listen on")
     serve.add_argument("--port", type=int, help="port to listen on")
-    serve.add_argument("--workers", type=int,
-                       help="worker processes sharing the port (SO_REUSEPORT)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT)"
+    )
 
     db = commands.add_parser("db", help="database operations")
     db_commands = db.add_subparsers(dest="db_command", required=True)
-    db_commands.add_parser("upgrade", help="apply pending migrations",
-                           parents=[common])
+    db_commands.add_parser("upgrade", help="apply pending migrations", parents=[common])
 
     dev = commands.add_parser("dev", help="development and load-test helpers")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)
     provision = dev_commands.add_parser(
-        "provision", help="create users with session tokens, without SMS",
+        "provision",
+        help="create users with session tokens, without SMS",
         parents=[common],
     )
     provision.add_argument("--users", type=int, required=True)
-    provision.add_argument("--output", type=Path,
-                           help="write JSON lines {user_id, phone, token} here")
+    provision.add_argument(
+        "--output", type=Path, help="write JSON lines {user_id, phone, token} here"
+    )
     return parser
 
 
@@ -121,8 +123,9 @@ async def _node_main(settings: Settings, reuse_port: bool, banner: bool) -> None
         for line in describe_start(app):
             print(line, flush=True)
     else:
-        logger.info("worker pid=%d node=%s serving %s", os.getpid(), app.node_id,
-                    app.url)
+        logger.info(
+            "worker pid=%d node=%s serving %s", os.getpid(), app.node_id, app.url
+        )
     await app.run_until_signalled()
 
 
@@ -138,8 +141,10 @@ def _supervise(settings: Settings, workers: int) -> int:
     """Start ``workers`` node processes on one port and forward signals."""
     context = multiprocessing.get_context("spawn")
     payload = settings.model_dump_json()
-    processes = [context.Process(target=_worker, args=(payload, i), daemon=False)
-                 for i in range(workers)]
+    processes = [
+        context.Process(target=_worker, args=(payload, i), daemon=False)
+        for i in range(workers)
+    ]
     for process in processes:
         process.start()
     logger.info("started %d workers on port %d", workers, settings.server.port)

@@ -60,8 +60,14 @@ EVENTS = ("message.new", "conversation.read", "session.resync")
 
 #: Every ``kind`` a message can have: two that users send, six system kinds.
 MESSAGE_KINDS = (
-    "text", "data", "recall", "group.created", "member.added", "member.removed",
-    "member.left", "group.renamed",
+    "text",
+    "data",
+    "recall",
+    "group.created",
+    "member.added",
+    "member.removed",
+    "member.left",
+    "group.renamed",
 )
 
 #: Values of ``reason`` in ``session.resync``.
@@ -84,8 +90,9 @@ LOCATION = {
 }
 
 
-def _profile(user_id: int, created_at: int, *, phone: str | None = None,
-             **fields: Any) -> dict[str, Any]:
+def _profile(
+    user_id: int, created_at: int, *, phone: str | None = None, **fields: Any
+) -> dict[str, Any]:
     profile: dict[str, Any] = {
         "user_id": user_id,
         "deleted": False,
@@ -107,68 +114,130 @@ def _profile(user_id: int, created_at: int, *, phone: str | None = None,
 ALICE_NEW = _profile(1, T, phone=ALICE_PHONE)
 ALICE_UPDATED = _profile(1, T, phone=ALICE_PHONE, handle="alice_1", nickname="Alice")
 BOB_SEEN_BY_OTHERS = _profile(
-    2, T + 60_000, handle="bob_rivers", nickname="Bob",
+    2,
+    T + 60_000,
+    handle="bob_rivers",
+    nickname="Bob",
     avatar_url="https://cdn.example.com/a/2.jpg",
 )
 
 # Messages as stored (history, sync, last_message) and as pushed (message.new).
 TEXT_PUSHED = {
-    "conversation_id": 1, "seq": 7, "sender_id": 1, "kind": "text",
-    "created_at": T + 3_600_000, "client_msg_id": CLIENT_MSG_TEXT,
+    "conversation_id": 1,
+    "seq": 7,
+    "sender_id": 1,
+    "kind": "text",
+    "created_at": T + 3_600_000,
+    "client_msg_id": CLIENT_MSG_TEXT,
     "text": "See you at 10 \u2615",
 }
 TEXT_STORED = {
-    "conversation_id": 1, "seq": 7, "sender_id": 1, "kind": "text",
-    "created_at": T + 3_600_000, "text": "See you at 10 \u2615",
+    "conversation_id": 1,
+    "seq": 7,
+    "sender_id": 1,
+    "kind": "text",
+    "created_at": T + 3_600_000,
+    "text": "See you at 10 \u2615",
     "client_msg_id": CLIENT_MSG_TEXT,
 }
 TEXT_RECALLED = {
-    "conversation_id": 1, "seq": 7, "sender_id": 1, "kind": "text",
-    "created_at": T + 3_600_000, "recalled": True, "client_msg_id": CLIENT_MSG_TEXT,
+    "conversation_id": 1,
+    "seq": 7,
+    "sender_id": 1,
+    "kind": "text",
+    "created_at": T + 3_600_000,
+    "recalled": True,
+    "client_msg_id": CLIENT_MSG_TEXT,
 }
 DATA_PUSHED = {
-    "conversation_id": 1, "seq": 6, "sender_id": 2, "kind": "data",
-    "created_at": T + 3_540_000, "client_msg_id": CLIENT_MSG_DATA, "data": LOCATION,
+    "conversation_id": 1,
+    "seq": 6,
+    "sender_id": 2,
+    "kind": "data",
+    "created_at": T + 3_540_000,
+    "client_msg_id": CLIENT_MSG_DATA,
+    "data": LOCATION,
 }
 DATA_STORED = {
-    "conversation_id": 1, "seq": 6, "sender_id": 2, "kind": "data",
-    "created_at": T + 3_540_000, "data": LOCATION, "client_msg_id": CLIENT_MSG_DATA,
+    "conversation_id": 1,
+    "seq": 6,
+    "sender_id": 2,
+    "kind": "data",
+    "created_at": T + 3_540_000,
+    "data": LOCATION,
+    "client_msg_id": CLIENT_MSG_DATA,
 }
 RECALL = {
-    "conversation_id": 1, "seq": 8, "sender_id": 1, "kind": "recall",
-    "created_at": T + 3_630_000, "target_seq": 7,
+    "conversation_id": 1,
+    "seq": 8,
+    "sender_id": 1,
+    "kind": "recall",
+    "created_at": T + 3_630_000,
+    "target_seq": 7,
 }
 GROUP_CREATED = {
-    "conversation_id": 2, "seq": 1, "sender_id": 1, "kind": "group.created",
+    "conversation_id": 2,
+    "seq": 1,
+    "sender_id": 1,
+    "kind": "group.created",
     "created_at": T + 7_200_000,
     "data": {"title": "Weekend trip", "member_ids": [1, 2, 3]},
 }
 GROUP_TEXT = {
-    "conversation_id": 2, "seq": 4, "sender_id": 3, "kind": "text",
-    "created_at": T + 7_380_000, "text": "I'll bring snacks",
+    "conversation_id": 2,
+    "seq": 4,
+    "sender_id": 3,
+    "kind": "text",
+    "created_at": T + 7_380_000,
+    "text": "I'll bring snacks",
     "client_msg_id": "9d8c7b6a5f4e3d2c1b0a998877665544",
 }
 GROUP_RENAMED = {
-    "conversation_id": 2, "seq": 5, "sender_id": 2, "kind": "group.renamed",
-    "created_at": T + 7_440_000, "data": {"title": "Weekend trip \U0001f3d5"},
+    "conversation_id": 2,
+    "seq": 5,
+    "sender_id": 2,
+    "kind": "group.renamed",
+    "created_at": T + 7_440_000,
+    "data": {"title": "Weekend trip \U0001f3d5"},
 }
 MEMBER_ADDED = {
-    "conversation_id": 2, "seq": 6, "sender_id": 1, "kind": "member.added",
-    "created_at": T + 7_500_000, "data": {"user_ids": [4]},
+    "conversation_id": 2,
+    "seq": 6,
+    "sender_id": 1,
+    "kind": "member.added",
+    "created_at": T + 7_500_000,
+    "data": {"user_ids": [4]},
 }
 MEMBER_REMOVED = {
-    "conversation_id": 2, "seq": 7, "sender_id": 1, "kind": "member.removed",
-    "created_at": T + 7_560_000, "data": {"user_id": 4},
+    "conversation_id": 2,
+    "seq": 7,
+    "sender_id": 1,
+    "kind": "member.removed",
+    "created_at": T + 7_560_000,
+    "data": {"user_id": 4},
 }
 MEMBER_LEFT = {
-    "conversation_id": 2, "seq": 8, "sender_id": 1, "kind": "member.left",
-    "created_at": T + 7_620_000, "data": {"user_id": 1, "new_owner_id": 2},
+    "conversation_id": 2,
+    "seq": 8,
+    "sender_id": 1,
+    "kind": "member.left",
+    "created_at": T + 7_620_000,
+    "data": {"user_id": 1, "new_owner_id": 2},
 }
 
 
-def _conversation(conversation_id: int, kind: str, title: str | None, last_seq: int,
-                  read_seq: int, unread: int, member_count: int, updated_at: int,
-                  last_message: dict[str, Any] | None, **tail: Any) -> dict[str, Any]:
+def _conversation(
+    conversation_id: int,
+    kind: str,
+    title: str | None,
+    last_seq: int,
+    read_seq: int,
+    unread: int,
+    member_count: int,
+    updated_at: int,
+    last_message: dict[str, Any] | None,
+    **tail: Any,
+) -> dict[str, Any]:
     view: dict[str, Any] = {
         "conversation_id": conversation_id,
         "kind": kind,
@@ -184,22 +253,30 @@ def _conversation(conversation_id: int, kind: str, title: str | None, last_seq: 
     return view
 
 
-DIRECT_NEW = _conversation(1, "direct", None, 0, 0, 0, 2, T + 120_000, None,
-                           peer_id=2, peer_read_seq=0)
-DIRECT_NOW = _conversation(1, "direct", None, 8, 8, 0, 2, T + 3_630_000, RECALL,
-                           peer_id=2, peer_read_seq=6)
-GROUP_NEW = _conversation(2, "group", "Weekend trip", 1, 1, 0, 3, T + 7_200_000,
-                          GROUP_CREATED, owner_id=1)
-GROUP_NOW = _conversation(2, "group", "Weekend trip", 4, 4, 0, 3, T + 7_380_000,
-                          GROUP_TEXT, owner_id=1)
-DIRECT_FOR_BOB = _conversation(1, "direct", None, 8, 6, 2, 2, T + 3_630_000, RECALL,
-                               peer_id=1, peer_read_seq=8)
+DIRECT_NEW = _conversation(
+    1, "direct", None, 0, 0, 0, 2, T + 120_000, None, peer_id=2, peer_read_seq=0
+)
+DIRECT_NOW = _conversation(
+    1, "direct", None, 8, 8, 0, 2, T + 3_630_000, RECALL, peer_id=2, peer_read_seq=6
+)
+GROUP_NEW = _conversation(
+    2, "group", "Weekend trip", 1, 1, 0, 3, T + 7_200_000, GROUP_CREATED, owner_id=1
+)
+GROUP_NOW = _conversation(
+    2, "group", "Weekend trip", 4, 4, 0, 3, T + 7_380_000, GROUP_TEXT, owner_id=1
+)
+DIRECT_FOR_BOB = _conversation(
+    1, "direct", None, 8, 6, 2, 2, T + 3_630_000, RECALL, peer_id=1, peer_read_seq=8
+)
 
 # -- frames --------------------------------------------------------------------
 
 
-def request(request_id: int, method: str, params: dict[str, Any] | None = None,
-            ) -> dict[str, Any]:
+def request(
+    request_id: int,
+    method: str,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     frame: dict[str, Any] = {"type": "req", "id": request_id, "method": method}
     if params is not None:
         frame["params"] = params
@@ -218,8 +295,11 @@ def event(name: str, data: Any) -> dict[str, Any]:
     return codec.event_frame(name, data)
 
 
-def _coded(code: ErrorCode, message: str, details: dict[str, Any] | None = None,
-           ) -> NextstarError:
+def _coded(
+    code: ErrorCode,
+    message: str,
+    details: dict[str, Any] | None = None,
+) -> NextstarError:
     return NextstarError.with_code(code, message, details)
 
 
@@ -234,19 +314,40 @@ def _invalid_params(method: str, params: dict[str, Any]) -> NextstarError:
 
 # One example request and its answer per method, in the order of PROTOCOL.md.
 EXAMPLES: list[tuple[str, dict[str, Any] | None, Any]] = [
-    ("auth.request_code", {"phone": ALICE_PHONE},
-     {"phone": ALICE_PHONE, "expires_in": 300, "resend_after": 60}),
-    ("auth.sign_in",
-     {"phone": ALICE_PHONE, "code": "482913", "device_name": "Alice's phone"},
-     {"token": TOKEN, "session_id": 1, "created": True, "user": ALICE_NEW}),
+    (
+        "auth.request_code",
+        {"phone": ALICE_PHONE},
+        {"phone": ALICE_PHONE, "expires_in": 300, "resend_after": 60},
+    ),
+    (
+        "auth.sign_in",
+        {"phone": ALICE_PHONE, "code": "482913", "device_name": "Alice's phone"},
+        {"token": TOKEN, "session_id": 1, "created": True, "user": ALICE_NEW},
+    ),
     ("auth.resume", {"token": TOKEN}, {"session_id": 1, "user": ALICE_UPDATED}),
     ("auth.sign_out", {}, {}),
-    ("devices.list", {}, {"devices": [
-        {"session_id": 1, "device_name": "Alice's phone", "created_at": T,
-         "last_seen_at": T + 86_400_000, "current": True},
-        {"session_id": 5, "device_name": "laptop", "created_at": T + 600_000,
-         "last_seen_at": T + 600_000, "current": False},
-    ]}),
+    (
+        "devices.list",
+        {},
+        {
+            "devices": [
+                {
+                    "session_id": 1,
+                    "device_name": "Alice's phone",
+                    "created_at": T,
+                    "last_seen_at": T + 86_400_000,
+                    "current": True,
+                },
+                {
+                    "session_id": 5,
+                    "device_name": "laptop",
+                    "created_at": T + 600_000,
+                    "last_seen_at": T + 600_000,
+                    "current": False,
+                },
+            ]
+        },
+    ),
     ("devices.revoke", {"session_id": 5}, {}),
     ("profile.get", {"user_id": 2}, BOB_SEEN_BY_OTHERS),
     ("profile.update", {"nickname": "Alice", "handle": "alice_1"}, ALICE_UPDATED),
@@ -256,44 +357,96 @@ EXAMPLES: list[tuple[str, dict[str, Any] | None, Any]] = [
     ("conv.list", {}, {"conversations": [DIRECT_NOW]}),
     ("conv.get", {"conversation_id": 2}, GROUP_NOW),
     ("group.create", {"title": "Weekend trip", "member_ids": [2, 3]}, GROUP_NEW),
-    ("group.rename", {"conversation_id": 2, "title": "Weekend trip \U0001f3d5"},
-     {"seq": 5}),
+    (
+        "group.rename",
+        {"conversation_id": 2, "title": "Weekend trip \U0001f3d5"},
+        {"seq": 5},
+    ),
     ("group.add", {"conversation_id": 2, "user_ids": [4]}, {"seq": 6}),
     ("group.remove", {"conversation_id": 2, "user_id": 4}, {"seq": 7}),
     ("group.leave", {"conversation_id": 2}, {"seq": 8}),
-    ("group.members", {"conversation_id": 2}, {"members": [
-        {"user_id": 1, "role": "owner", "read_seq": 4},
-        {"user_id": 2, "role": "member", "read_seq": 3},
-        {"user_id": 3, "role": "member", "read_seq": 4},
-    ]}),
-    ("message.send",
-     {"conversation_id": 1, "client_msg_id": CLIENT_MSG_TEXT,
-      "text": "See you at 10 \u2615"},
-     {"conversation_id": 1, "seq": 7, "created_at": T + 3_600_000,
-      "duplicate": False}),
-    ("message.history", {"conversation_id": 1, "before_seq": 8, "limit": 2},
-     {"messages": [DATA_STORED, TEXT_STORED], "has_more": True}),
+    (
+        "group.members",
+        {"conversation_id": 2},
+        {
+            "members": [
+                {"user_id": 1, "role": "owner", "read_seq": 4},
+                {"user_id": 2, "role": "member", "read_seq": 3},
+                {"user_id": 3, "role": "member", "read_seq": 4},
+            ]
+        },
+    ),
+    (
+        "message.send",
+        {
+            "conversation_id": 1,
+            "client_msg_id": CLIENT_MSG_TEXT,
+            "text": "See you at 10 \u2615",
+        },
+        {
+            "conversation_id": 1,
+            "seq": 7,
+            "created_at": T + 3_600_000,
+            "duplicate": False,
+        },
+    ),
+    (
+        "message.history",
+        {"conversation_id": 1, "before_seq": 8, "limit": 2},
+        {"messages": [DATA_STORED, TEXT_STORED], "has_more": True},
+    ),
     ("message.recall", {"conversation_id": 1, "seq": 7}, {"seq": 8}),
     ("message.read", {"conversation_id": 1, "seq": 8}, {"read_seq": 8}),
-    ("sync",
-     {"cursors": [{"conversation_id": 1, "seq": 6}, {"conversation_id": 2, "seq": 8},
-                  {"conversation_id": 3, "seq": 12}]},
-     {"conversations": [
-         {**DIRECT_FOR_BOB, "messages": [TEXT_RECALLED, RECALL], "has_more": False},
-     ], "removed": [3]}),
+    (
+        "sync",
+        {
+            "cursors": [
+                {"conversation_id": 1, "seq": 6},
+                {"conversation_id": 2, "seq": 8},
+                {"conversation_id": 3, "seq": 12},
+            ]
+        },
+        {
+            "conversations": [
+                {
+                    **DIRECT_FOR_BOB,
+                    "messages": [TEXT_RECALLED, RECALL],
+                    "has_more": False,
+                },
+            ],
+            "removed": [3],
+        },
+    ),
     ("ping", {}, {"time": 1767261600.125, "node": "3f9a2c4d1e7b"}),
 ]
 
 # Further positive vectors: a second way to call a method, or a second answer.
 EXTRA_REQUESTS: list[tuple[str, dict[str, Any]]] = [
     ("request/ping/without_params", request(40, "ping")),
-    ("request/message.send/data", request(41, "message.send", {
-        "conversation_id": 1, "client_msg_id": CLIENT_MSG_DATA, "data": LOCATION,
-    })),
-    ("result/message.send/duplicate", result(41, {
-        "conversation_id": 1, "seq": 6, "created_at": T + 3_540_000,
-        "duplicate": True,
-    })),
+    (
+        "request/message.send/data",
+        request(
+            41,
+            "message.send",
+            {
+                "conversation_id": 1,
+                "client_msg_id": CLIENT_MSG_DATA,
+                "data": LOCATION,
+            },
+        ),
+    ),
+    (
+        "result/message.send/duplicate",
+        result(
+            41,
+            {
+                "conversation_id": 1,
+                "seq": 6,
+                "created_at": T + 3_540_000,
+                "duplicate": True,
+            },
+        ),
+    ),
 ]
 
 EVENT_EXAMPLES: list[tuple[str, str, dict[str, Any]]] = [
@@ -305,10 +458,16 @@ EVENT_EXAMPLES: list[tuple[str, str, dict[str, Any]]] = [
     ("event/message.new/member.removed", "message.new", MEMBER_REMOVED),
     ("event/message.new/member.left", "message.new", MEMBER_LEFT),
     ("event/message.new/group.renamed", "message.new", GROUP_RENAMED),
-    ("event/conversation.read", "conversation.read",
-     {"conversation_id": 1, "user_id": 2, "read_seq": 8}),
-    ("event/session.resync/slow_consumer", "session.resync",
-     {"reason": "slow_consumer"}),
+    (
+        "event/conversation.read",
+        "conversation.read",
+        {"conversation_id": 1, "user_id": 2, "read_seq": 8},
+    ),
+    (
+        "event/session.resync/slow_consumer",
+        "session.resync",
+        {"reason": "slow_consumer"},
+    ),
     ("event/session.resync/broker", "session.resync", {"reason": "broker"}),
 ]
 
@@ -316,23 +475,62 @@ EVENT_EXAMPLES: list[tuple[str, str, dict[str, Any]]] = [
 def _error_examples() -> list[tuple[str, dict[str, Any]]]:
     return [
         ("error/bad_frame", error(None, _decode_error("{not json"))),
-        ("error/unauthenticated", error(50, _coded(
-            ErrorCode.UNAUTHENTICATED, "sign in first"))),
-        ("error/invalid_params", error(51, _invalid_params(
-            "message.send", {"conversation_id": 1, "client_msg_id": "x1"}))),
-        ("error/rate_limited", error(52, _coded(
-            ErrorCode.RATE_LIMITED, "too many requests", {"retry_after": 0.005}))),
-        ("error/code_cooldown", error(53, _coded(
-            ErrorCode.CODE_COOLDOWN,
-            "a code was sent recently; wait before asking again",
-            {"retry_after": 42}))),
-        ("error/not_member", error(54, _coded(
-            ErrorCode.NOT_MEMBER, "not a member of this conversation"))),
-        ("error/not_found", error(55, _coded(
-            ErrorCode.NOT_FOUND, "no such user: 9", {"user_ids": [9]}))),
-        ("error/message_rejected", error(56, _coded(
-            ErrorCode.MESSAGE_REJECTED, "contains a blocked word",
-            {"hook": "blocked_words"}))),
+        (
+            "error/unauthenticated",
+            error(50, _coded(ErrorCode.UNAUTHENTICATED, "sign in first")),
+        ),
+        (
+            "error/invalid_params",
+            error(
+                51,
+                _invalid_params(
+                    "message.send", {"conversation_id": 1, "client_msg_id": "x1"}
+                ),
+            ),
+        ),
+        (
+            "error/rate_limited",
+            error(
+                52,
+                _coded(
+                    ErrorCode.RATE_LIMITED, "too many requests", {"retry_after": 0.005}
+                ),
+            ),
+        ),
+        (
+            "error/code_cooldown",
+            error(
+                53,
+                _coded(
+                    ErrorCode.CODE_COOLDOWN,
+                    "a code was sent recently; wait before asking again",
+                    {"retry_after": 42},
+                ),
+            ),
+        ),
+        (
+            "error/not_member",
+            error(
+                54, _coded(ErrorCode.NOT_MEMBER, "not a member of this conversation")
+            ),
+        ),
+        (
+            "error/not_found",
+            error(
+                55, _coded(ErrorCode.NOT_FOUND, "no such user: 9", {"user_ids": [9]})
+            ),
+        ),
+        (
+            "error/message_rejected",
+            error(
+                56,
+                _coded(
+                    ErrorCode.MESSAGE_REJECTED,
+                    "contains a blocked word",
+                    {"hook": "blocked_words"},
+                ),
+            ),
+        ),
     ]
 
 
@@ -365,7 +563,7 @@ _INVALID: list[tuple[str, Any]] = [
     ("bytes/trailing_byte", encode(_GOOD, Encoding.MSGPACK) + b"\x00"),
     ("bytes/string_not_utf8", bytes.fromhex("a2fffe")),
     # {"type": "req", 1: 1}: map keys must be strings.
-    ("bytes/integer_map_key", bytes.fromhex("82a474797065a3726571" "0101")),
+    ("bytes/integer_map_key", bytes.fromhex("82a474797065a37265710101")),
     ("text/not_json", "{not json"),
     ("text/empty", ""),
     ("text/truncated", '{"type":"req","id":7'),
@@ -380,18 +578,14 @@ _INVALID: list[tuple[str, Any]] = [
     ("frame/id_float", {"type": "req", "id": 7.0, "method": "ping"}),
     ("frame/id_bool", {"type": "req", "id": True, "method": "ping"}),
     ("frame/id_negative", {"type": "req", "id": -1, "method": "ping"}),
-    ("frame/id_too_large", {"type": "req", "id": MAX_REQUEST_ID + 1,
-                            "method": "ping"}),
+    ("frame/id_too_large", {"type": "req", "id": MAX_REQUEST_ID + 1, "method": "ping"}),
     ("frame/method_missing", {"type": "req", "id": 7}),
     ("frame/method_empty", {"type": "req", "id": 7, "method": ""}),
     ("frame/method_not_string", {"type": "req", "id": 7, "method": 5}),
     ("frame/method_too_long", {"type": "req", "id": 7, "method": "m" * 65}),
-    ("frame/params_list", {"type": "req", "id": 7, "method": "ping",
-                           "params": [1]}),
-    ("frame/params_null", {"type": "req", "id": 7, "method": "ping",
-                           "params": None}),
-    ("frame/params_string", {"type": "req", "id": 7, "method": "ping",
-                             "params": "{}"}),
+    ("frame/params_list", {"type": "req", "id": 7, "method": "ping", "params": [1]}),
+    ("frame/params_null", {"type": "req", "id": 7, "method": "ping", "params": None}),
+    ("frame/params_string", {"type": "req", "id": 7, "method": "ping", "params": "{}"}),
 ]
 
 
@@ -434,8 +628,9 @@ def build_vectors() -> list[dict[str, Any]]:
     """Return every test vector, positive then invalid."""
     vectors = []
     for request_id, (method, params, answer) in enumerate(EXAMPLES, start=1):
-        vectors.append(_positive(f"request/{method}",
-                                 request(request_id, method, params)))
+        vectors.append(
+            _positive(f"request/{method}", request(request_id, method, params))
+        )
         vectors.append(_positive(f"result/{method}", result(request_id, answer)))
     for name, frame in EXTRA_REQUESTS:
         vectors.append(_positive(name, frame))
@@ -457,16 +652,18 @@ def _envelopes() -> dict[str, Any]:
             "properties": {
                 "type": {"const": "req"},
                 "id": request_id,
-                "method": {"type": "string", "minLength": 1,
-                           "maxLength": codec._METHOD_MAX},
+                "method": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": codec._METHOD_MAX,
+                },
                 "params": {"type": "object", "default": {}},
             },
         },
         "result": {
             "type": "object",
             "required": ["type", "id", "result"],
-            "properties": {"type": {"const": "res"}, "id": request_id,
-                           "result": {}},
+            "properties": {"type": {"const": "res"}, "id": request_id, "result": {}},
         },
         "error": {
             "type": "object",
@@ -518,8 +715,11 @@ def build_schema() -> dict[str, Any]:
             method: {
                 "before_sign_in": method in SIGN_IN_METHODS,
                 "params": model.model_json_schema(),
-                **({"rules": ["exactly one of text and data"]}
-                   if method == "message.send" else {}),
+                **(
+                    {"rules": ["exactly one of text and data"]}
+                    if method == "message.send"
+                    else {}
+                ),
             }
             for method, model in METHOD_PARAMS.items()
         },
@@ -542,7 +742,7 @@ def render(vector: dict[str, Any], width: int = 32) -> str:
     """Return the two Markdown code blocks that show ``vector`` in PROTOCOL.md."""
     data = bytes.fromhex(vector["msgpack"])
     lines = [
-        " ".join(f"{byte:02x}" for byte in data[start:start + width])
+        " ".join(f"{byte:02x}" for byte in data[start : start + width])
         for start in range(0, len(data), width)
     ]
     return (
@@ -571,8 +771,10 @@ def main() -> None:
     doc_path = ROOT / "protocol" / "PROTOCOL.md"
     doc = render_doc(doc_path.read_text(encoding="utf-8"), vectors)
     doc_path.write_text(doc, encoding="utf-8")
-    print(f"wrote {SCHEMA_PATH.relative_to(ROOT)}, {VECTORS_PATH.relative_to(ROOT)} "
-          "and the examples in protocol/PROTOCOL.md")
+    print(
+        f"wrote {SCHEMA_PATH.relative_to(ROOT)}, {VECTORS_PATH.relative_to(ROOT)} "
+        "and the examples in protocol/PROTOCOL.md"
+    )
 
 
 if __name__ == "__main__":

@@ -317,9 +317,12 @@ class RedisClusterProcesses:
         self.nodes = [
             RedisProcess(
                 extra_args=[
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "2000",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
                 ]
             )  # fmt: skip
             for _ in range(masters)
@@ -364,14 +367,11 @@ class RedisClusterProcesses:
             return False
         if isinstance(info, bytes):
             info = dict(
-                line.split(":", 1)
-                for line in info.decode().splitlines()
-                if ":" in line
+                line.split(":", 1) for line in info.decode().splitlines() if ":" in line
             )
-        return (
-            info.get("cluster_state") == "ok"
-            and int(info.get("cluster_known_nodes", 0)) == len(self.nodes)
-        )
+        return info.get("cluster_state") == "ok" and int(
+            info.get("cluster_known_nodes", 0)
+        ) == len(self.nodes)
 
     def flush(self) -> None:
         """Delete every key on every master."""

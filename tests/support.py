@@ -32,7 +32,9 @@ def new_phone() -> str:
 class RunningServer:
     """A running App plus what tests need to reach it."""
 
-    def __init__(self, app: App, sender: MemorySender, overrides: dict[str, Any]) -> None:
+    def __init__(
+        self, app: App, sender: MemorySender, overrides: dict[str, Any]
+    ) -> None:
         self.app = app
         self.sender = sender
         self.overrides = overrides
@@ -119,22 +121,31 @@ class ServerFactory:
             await self.stop(server)
 
 
-async def collect(client: Client, count: int, name: str = "message.new",
-                  conversation_id: int | None = None) -> list[dict[str, Any]]:
+async def collect(
+    client: Client,
+    count: int,
+    name: str = "message.new",
+    conversation_id: int | None = None,
+) -> list[dict[str, Any]]:
     """Wait for ``count`` events named ``name`` (in one conversation if given)."""
     events: list[dict[str, Any]] = []
     async with asyncio.timeout(TIMEOUT):
         while len(events) < count:
             frame = await client.next_event(name, timeout=TIMEOUT)
             data = frame["data"]
-            if conversation_id is None or data.get("conversation_id") == conversation_id:
+            if (
+                conversation_id is None
+                or data.get("conversation_id") == conversation_id
+            ):
                 events.append(data)
     return events
 
 
 # Load tests and these tests send faster than a person would.
-UNLIMITED_RATE = {"NEXTSTAR_GATEWAY__RATE_PER_SECOND": "100000",
-                  "NEXTSTAR_GATEWAY__RATE_BURST": "100000"}
+UNLIMITED_RATE = {
+    "NEXTSTAR_GATEWAY__RATE_PER_SECOND": "100000",
+    "NEXTSTAR_GATEWAY__RATE_BURST": "100000",
+}
 
 
 async def spawn_server(
@@ -145,8 +156,13 @@ async def spawn_server(
     ``env`` adds to this process's environment (``NEXTSTAR_*`` settings).
     """
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nextstar_rt.cli", "serve", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "nextstar_rt.cli",
+        "serve",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, **UNLIMITED_RATE, **env},
     )
     async with asyncio.timeout(TIMEOUT * 3):
@@ -162,9 +178,16 @@ async def spawn_server(
 async def provision(count: int, env: dict[str, str]) -> list[dict[str, Any]]:
     """Create users with tokens through ``nextstar-rt dev provision``."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nextstar_rt.cli", "dev", "provision",
-        "--users", str(count), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL, env={**os.environ, **env},
+        sys.executable,
+        "-m",
+        "nextstar_rt.cli",
+        "dev",
+        "provision",
+        "--users",
+        str(count),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, **env},
     )
     out, _ = await process.communicate()
     assert process.returncode == 0

@@ -21,8 +21,7 @@ async def test_first_sign_in_creates_the_user_and_later_ones_find_it(sqlite_serv
 
 async def test_national_numbers_are_normalised_to_e164(sqlite_server):
     client = await sqlite_server.connect()
-    result = await client.call("auth.request_code", phone="(415) 555-0142",
-                               region="US")
+    result = await client.call("auth.request_code", phone="(415) 555-0142", region="US")
     assert result["phone"] == "+14155550142"
     code = sqlite_server.sender.last_code("+14155550142")
     assert len(code) == 6 and code.isdigit()
@@ -41,8 +40,9 @@ async def test_a_second_code_within_the_cooldown_is_refused(servers):
 
 
 async def test_hourly_caps_per_phone_and_per_address(servers):
-    server = await servers.start(accounts={"per_phone_hourly": 2,
-                                           "per_address_hourly": 3})
+    server = await servers.start(
+        accounts={"per_phone_hourly": 2, "per_address_hourly": 3}
+    )
     client = await server.connect()
     phone = new_phone()
     for _ in range(2):
@@ -75,7 +75,9 @@ async def test_devices_are_listed_and_sign_out_revokes_the_current_one(sqlite_se
     laptop = await sqlite_server.sign_in(phone, device="laptop")
     devices = (await laptop.call("devices.list"))["devices"]
     assert [(d["device_name"], d["current"]) for d in devices] == [
-        ("phone", False), ("laptop", True)]
+        ("phone", False),
+        ("laptop", True),
+    ]
 
     assert await laptop.call("auth.sign_out") == {}
     closed = await laptop.wait_closed()
@@ -97,10 +99,15 @@ async def test_revoking_an_unknown_device_gets_not_found(sqlite_server):
 async def test_profile_update_and_public_view(sqlite_server):
     alice = await sqlite_server.sign_in()
     bob = await sqlite_server.sign_in()
-    updated = await alice.call("profile.update", nickname="Alice", handle="alice_01",
-                               gender="female", birthday="1990-04-01",
-                               region="Shanghai",
-                               avatar_url="https://cdn.example/a.png")
+    updated = await alice.call(
+        "profile.update",
+        nickname="Alice",
+        handle="alice_01",
+        gender="female",
+        birthday="1990-04-01",
+        region="Shanghai",
+        avatar_url="https://cdn.example/a.png",
+    )
     assert (updated["nickname"], updated["handle"]) == ("Alice", "alice_01")
 
     seen = await bob.call("profile.get", user_id=alice.user_id)

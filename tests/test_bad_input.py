@@ -41,26 +41,30 @@ async def test_a_frame_that_is_not_a_map_gets_bad_request(sqlite_server):
 
 async def test_an_invalid_request_id_gets_bad_request_without_id(sqlite_server):
     client = await sqlite_server.connect("json")
-    frame = await _raw_answer(client, json.dumps(
-        {"type": "req", "id": "seven", "method": "ping"}))
+    frame = await _raw_answer(
+        client, json.dumps({"type": "req", "id": "seven", "method": "ping"})
+    )
     assert (frame["id"], frame["error"]["code"]) == (None, "bad_request")
-    frame = await _raw_answer(client, json.dumps({"type": "req", "id": -1,
-                                                  "method": "ping"}))
+    frame = await _raw_answer(
+        client, json.dumps({"type": "req", "id": -1, "method": "ping"})
+    )
     assert frame["error"]["code"] == "bad_request"
 
 
 async def test_params_that_are_not_a_map_get_bad_request_with_the_id(sqlite_server):
     client = await sqlite_server.connect("json")
-    frame = await _raw_answer(client, json.dumps(
-        {"type": "req", "id": 5, "method": "ping", "params": [1]}))
+    frame = await _raw_answer(
+        client, json.dumps({"type": "req", "id": 5, "method": "ping", "params": [1]})
+    )
     assert (frame["id"], frame["error"]["code"]) == (5, "bad_request")
 
 
 async def test_wrong_field_types_get_invalid_params_naming_the_field(sqlite_server):
     client = await sqlite_server.sign_in()
     with pytest.raises(ClientError) as error:
-        await client.call("message.send", conversation_id="1", client_msg_id="x",
-                          text="hi")
+        await client.call(
+            "message.send", conversation_id="1", client_msg_id="x", text="hi"
+        )
     assert error.value.code == "invalid_params"
     fields = [e["field"] for e in error.value.details["errors"]]
     assert fields == ["conversation_id"]
@@ -85,8 +89,13 @@ async def test_unknown_fields_get_invalid_params(sqlite_server):
 async def test_text_and_data_together_get_invalid_params(sqlite_server):
     client = await sqlite_server.sign_in()
     with pytest.raises(ClientError) as error:
-        await client.call("message.send", conversation_id=1, client_msg_id="x",
-                          text="a", data={"type": "card", "body": {}})
+        await client.call(
+            "message.send",
+            conversation_id=1,
+            client_msg_id="x",
+            text="a",
+            data={"type": "card", "body": {}},
+        )
     assert error.value.code == "invalid_params"
 
 
@@ -100,8 +109,11 @@ async def test_an_unknown_method_gets_unknown_method(sqlite_server):
 async def test_an_oversized_frame_closes_with_1009(servers):
     server = await servers.start(gateway={"max_frame_bytes": 4096})
     client = await server.connect()
-    await client.send_raw(msgpack.packb({"type": "req", "id": 1, "method": "ping",
-                                         "params": {"pad": "x" * 5000}}))
+    await client.send_raw(
+        msgpack.packb(
+            {"type": "req", "id": 1, "method": "ping", "params": {"pad": "x" * 5000}}
+        )
+    )
     closed = await client.wait_closed()
     assert closed.code == 1009
 
@@ -161,8 +173,9 @@ async def test_an_expired_code_gets_code_expired(servers):
     await client.call("auth.request_code", phone=phone)
     await asyncio.sleep(0.4)
     with pytest.raises(ClientError) as error:
-        await client.call("auth.sign_in", phone=phone,
-                          code=server.sender.last_code(phone))
+        await client.call(
+            "auth.sign_in", phone=phone, code=server.sender.last_code(phone)
+        )
     assert error.value.code == "code_expired"
 
 
@@ -238,8 +251,12 @@ async def test_a_blocked_word_rejects_the_message_and_stores_nothing(servers):
     assert error.value.code == "message_rejected"
     assert error.value.details == {"hook": "blocked_words"}
     with pytest.raises(ClientError):
-        await alice.call("message.send", conversation_id=cid, client_msg_id="d1",
-                         data={"type": "card", "body": {"t": ["forbidden fruit"]}})
+        await alice.call(
+            "message.send",
+            conversation_id=cid,
+            client_msg_id="d1",
+            data={"type": "card", "body": {"t": ["forbidden fruit"]}},
+        )
     ack = await alice.send_text(cid, "an apple")
 
     assert ack["seq"] == 1  # the rejected messages took no seq
@@ -254,8 +271,12 @@ async def test_an_oversized_data_payload_gets_payload_too_large(servers):
     bob = await server.sign_in()
     cid = (await alice.call("conv.direct", user_id=bob.user_id))["conversation_id"]
     with pytest.raises(ClientError) as error:
-        await alice.call("message.send", conversation_id=cid, client_msg_id="big",
-                         data={"type": "blob", "body": {"x": "y" * 200}})
+        await alice.call(
+            "message.send",
+            conversation_id=cid,
+            client_msg_id="big",
+            data={"type": "blob", "body": {"x": "y" * 200}},
+        )
     assert error.value.code == "payload_too_large"
     assert await alice.history_all(cid) == []
 
@@ -268,8 +289,9 @@ async def test_too_many_requests_get_rate_limited_with_retry_after(servers):
     )
     limited = [r for r in results if isinstance(r, ClientError)]
     assert len(limited) == 3
-    assert all(r.code == "rate_limited" and r.details["retry_after"] > 0
-               for r in limited)
+    assert all(
+        r.code == "rate_limited" and r.details["retry_after"] > 0 for r in limited
+    )
 
 
 async def test_many_bad_frames_close_with_1008(servers):
@@ -281,7 +303,9 @@ async def test_many_bad_frames_close_with_1008(servers):
     assert closed.code == 1008
 
 
-async def test_signing_in_twice_on_one_session_gets_already_authenticated(sqlite_server):
+async def test_signing_in_twice_on_one_session_gets_already_authenticated(
+    sqlite_server,
+):
     client = await sqlite_server.sign_in()
     with pytest.raises(ClientError) as error:
         await client.resume(client.token)
@@ -291,16 +315,21 @@ async def test_signing_in_twice_on_one_session_gets_already_authenticated(sqlite
 async def test_json_nan_and_infinity_get_bad_frame(sqlite_server):
     client = await sqlite_server.connect("json")
     for literal in ("NaN", "Infinity", "-Infinity"):
-        frame = await _raw_answer(client, '{"type":"req","id":1,"method":"ping",'
-                                          f'"params":{{"x":{literal}}}}}')
+        frame = await _raw_answer(
+            client,
+            f'{{"type":"req","id":1,"method":"ping","params":{{"x":{literal}}}}}',
+        )
         assert (frame["id"], frame["error"]["code"]) == (None, "bad_frame")
 
 
-@pytest.mark.parametrize("encoding, body", [
-    ("msgpack", {"blob": b"\x00\x01"}),  # bin: no JSON client could read it
-    ("json", {"big": 2**64}),  # beyond 64 bits: no MessagePack client could
-    ("msgpack", {"nan": float("nan")}),  # JSON has no NaN
-])
+@pytest.mark.parametrize(
+    "encoding, body",
+    [
+        ("msgpack", {"blob": b"\x00\x01"}),  # bin: no JSON client could read it
+        ("json", {"big": 2**64}),  # beyond 64 bits: no MessagePack client could
+        ("msgpack", {"nan": float("nan")}),  # JSON has no NaN
+    ],
+)
 async def test_a_data_body_only_one_encoding_carries_gets_invalid_params(
     sqlite_server, encoding, body
 ):
@@ -308,7 +337,11 @@ async def test_a_data_body_only_one_encoding_carries_gets_invalid_params(
     bob = await sqlite_server.sign_in(encoding="json")
     cid = (await alice.call("conv.direct", user_id=bob.user_id))["conversation_id"]
     with pytest.raises(ClientError) as error:
-        await alice.call("message.send", conversation_id=cid, client_msg_id="odd",
-                         data={"type": "odd", "body": body})
+        await alice.call(
+            "message.send",
+            conversation_id=cid,
+            client_msg_id="odd",
+            data={"type": "odd", "body": body},
+        )
     assert error.value.code == "invalid_params"
     assert await bob.history_all(cid) == []

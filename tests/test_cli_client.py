@@ -61,9 +61,17 @@ class Cli:
 
     async def start(self, *args: str) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nextstar_client.cli", "--server", self.url, *args,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=self.environment(), cwd=self.cwd,
+            sys.executable,
+            "-m",
+            "nextstar_client.cli",
+            "--server",
+            self.url,
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.environment(),
+            cwd=self.cwd,
         )
         self.processes.append(process)
         return process
@@ -84,8 +92,9 @@ class Cli:
 
     async def login(self, profile: str, phone: str) -> int:
         """Log ``profile`` in through the outbox; return its user id."""
-        result = await self.json("--profile", profile, "login", phone,
-                                 "--outbox", str(self.outbox))
+        result = await self.json(
+            "--profile", profile, "login", phone, "--outbox", str(self.outbox)
+        )
         return result["user"]["user_id"]
 
     def credentials(self, profile: str) -> Path:
@@ -149,8 +158,9 @@ def closed_port() -> int:
 async def test_login_reads_code_from_outbox_and_saves_private_credentials(
     cli: Cli,
 ) -> None:
-    done = await cli.ok("--profile", "alice", "login", "(415) 555-0101",
-                        "--outbox", str(cli.outbox))
+    done = await cli.ok(
+        "--profile", "alice", "login", "(415) 555-0101", "--outbox", str(cli.outbox)
+    )
 
     assert "development outbox" in done.stderr
     path = cli.credentials("alice")
@@ -174,10 +184,18 @@ async def test_login_finds_outbox_through_environment(cli: Cli) -> None:
     environ = cli.environment()
     environ["NEXTSTAR_OUTBOX"] = str(cli.outbox)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nextstar_client.cli", "--server", cli.url,
-        "login", CAROL, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=environ, cwd=cli.cwd,
+        sys.executable,
+        "-m",
+        "nextstar_client.cli",
+        "--server",
+        cli.url,
+        "login",
+        CAROL,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environ,
+        cwd=cli.cwd,
     )
     cli.processes.append(process)
     async with asyncio.timeout(TIMEOUT):
@@ -298,8 +316,9 @@ async def test_send_to_conversation_id_and_history_limit(cli: Cli) -> None:
     for text in ("two", "three"):
         await cli.ok("--profile", "bob", "send", conversation, text)
 
-    history = await cli.json("--profile", "alice", "history", conversation,
-                             "--limit", "2")
+    history = await cli.json(
+        "--profile", "alice", "history", conversation, "--limit", "2"
+    )
     assert [m["text"] for m in history["messages"]] == ["two", "three"]
 
 
@@ -329,15 +348,16 @@ async def test_group_create_add_members_remove_and_leave(cli: Cli) -> None:
     bob = await cli.login("bob", BOB)
     carol = await cli.login("carol", CAROL)
 
-    group = await cli.json("--profile", "alice", "group", "create", "team",
-                           f"@{bob}")
+    group = await cli.json("--profile", "alice", "group", "create", "team", f"@{bob}")
     conversation = str(group["conversation_id"])
     assert group["member_count"] == 2
     await cli.ok("--profile", "alice", "group", "add", conversation, str(carol))
 
     members = await cli.json("--profile", "bob", "group", "members", conversation)
     assert [(m["user_id"], m["role"]) for m in members["members"]] == [
-        (alice, "owner"), (bob, "member"), (carol, "member"),
+        (alice, "owner"),
+        (bob, "member"),
+        (carol, "member"),
     ]
     shown = await cli.ok("--profile", "bob", "group", "members", conversation)
     assert "owner" in shown.stdout
@@ -362,8 +382,9 @@ async def test_only_owner_adds_members(cli: Cli) -> None:
     carol = await cli.login("carol", CAROL)
     group = await cli.json("--profile", "alice", "group", "create", "team", str(bob))
 
-    done = await cli.run("--profile", "bob", "group", "add",
-                         str(group["conversation_id"]), str(carol))
+    done = await cli.run(
+        "--profile", "bob", "group", "add", str(group["conversation_id"]), str(carol)
+    )
 
     assert done.status == 1
     assert done.stderr.startswith("error: forbidden: ")
@@ -450,8 +471,9 @@ async def test_chat_reconnects_after_server_restart_and_catches_up(
         async with await Client.connect(restarted.url) as client:
             await client.resume(token)
             conversation = await client.call("conv.direct", user_id=bob)
-            await client.send_text(conversation["conversation_id"],
-                                   "while you were away")
+            await client.send_text(
+                conversation["conversation_id"], "while you were away"
+            )
         await read_until(chat.stderr, "reconnected")
         assert "while you were away" in await read_until(chat.stdout, "away")
         chat.stdin.write(b"back again\n")
@@ -459,7 +481,8 @@ async def test_chat_reconnects_after_server_restart_and_catches_up(
         assert await finish(chat) == 0
         history = await cli.json("--profile", "alice", "history", f"@{bob}")
         assert [m["text"] for m in history["messages"]] == [
-            "while you were away", "back again",
+            "while you were away",
+            "back again",
         ]
     finally:
         await restarted.stop()
@@ -474,8 +497,9 @@ async def test_chat_ends_when_its_session_is_revoked(cli: Cli) -> None:
     chat = await cli.start("--profile", "bob", "chat", f"@{alice}")
     await read_until(chat.stderr, "chatting in")
 
-    await cli.ok("--profile", "bob-phone", "devices", "revoke",
-                 str(chatting["session_id"]))
+    await cli.ok(
+        "--profile", "bob-phone", "devices", "revoke", str(chatting["session_id"])
+    )
 
     # Reconnecting cannot bring a revoked session back: the chat says so.
     assert "revoked" in await read_until(chat.stderr, "revoked")
@@ -493,8 +517,7 @@ async def test_devices_list_and_revoke_another_device(cli: Cli) -> None:
     devices = (await cli.json("--profile", "laptop", "devices"))["devices"]
     assert len(devices) == 2
     assert [d["current"] for d in devices] == [True, False]
-    await cli.ok("--profile", "laptop", "devices", "revoke",
-                 str(phone["session_id"]))
+    await cli.ok("--profile", "laptop", "devices", "revoke", str(phone["session_id"]))
 
     done = await cli.run("--profile", "phone", "convs")
     assert done.status == 1
@@ -516,8 +539,9 @@ async def test_profile_update_and_show(cli: Cli) -> None:
     alice = await cli.login("alice", ALICE)
     bob = await cli.login("bob", BOB)
 
-    updated = await cli.json("--profile", "alice", "profile", "--nickname", "Alice",
-                             "--handle", "alice_w")
+    updated = await cli.json(
+        "--profile", "alice", "profile", "--nickname", "Alice", "--handle", "alice_w"
+    )
     assert (updated["nickname"], updated["handle"]) == ("Alice", "alice_w")
     seen = await cli.ok("--profile", "bob", "profile", "--user", f"@{alice}")
     assert "nickname: Alice" in seen.stdout

@@ -56,8 +56,9 @@ async def test_users_on_different_nodes_exchange_messages_exactly_once(
         got = await collect(device, 10, conversation_id=direct)
         assert [e["seq"] for e in got] == [a["seq"] for a in acks]
 
-    group = await bob.call("group.create", title="cross-node",
-                           member_ids=[alice.user_id, carol.user_id])
+    group = await bob.call(
+        "group.create", title="cross-node", member_ids=[alice.user_id, carol.user_id]
+    )
     gid = group["conversation_id"]
     for member in (alice, alice_laptop, carol, bob):
         await collect(member, 1, conversation_id=gid)
@@ -74,17 +75,28 @@ async def test_three_nodes_concurrent_senders_one_gap_free_order(
     broker = {"kind": "redis", "urls": [s.url for s in redis_shards]}
     nodes = await _nodes(servers, postgres_url, broker, 3)
     members = [await nodes[i % 3].sign_in() for i in range(6)]
-    group = await members[0].call("group.create", title="order",
-                                  member_ids=[m.user_id for m in members[1:]])
+    group = await members[0].call(
+        "group.create", title="order", member_ids=[m.user_id for m in members[1:]]
+    )
     gid = group["conversation_id"]
     for member in members:
         await collect(member, 1, conversation_id=gid)
     per_sender = 25
 
     async def burst(member):
-        return await asyncio.gather(*(member.request("message.send", {
-            "conversation_id": gid, "client_msg_id": uuid.uuid4().hex,
-            "text": f"{member.user_id}/{i}"}) for i in range(per_sender)))
+        return await asyncio.gather(
+            *(
+                member.request(
+                    "message.send",
+                    {
+                        "conversation_id": gid,
+                        "client_msg_id": uuid.uuid4().hex,
+                        "text": f"{member.user_id}/{i}",
+                    },
+                )
+                for i in range(per_sender)
+            )
+        )
 
     acks = await asyncio.gather(*(burst(m) for m in members))
 
@@ -121,20 +133,27 @@ async def test_a_retry_on_another_node_returns_the_original_seq(
 async def test_a_killed_shard_degrades_to_sync_and_loses_no_acked_message(
     servers, postgres_url, redis_shards
 ):
-    broker = {"kind": "redis", "urls": [s.url for s in redis_shards],
-              "reconnect_min": 0.05, "reconnect_max": 0.2}
+    broker = {
+        "kind": "redis",
+        "urls": [s.url for s in redis_shards],
+        "reconnect_min": 0.05,
+        "reconnect_max": 0.2,
+    }
     node_a, node_b = await _nodes(servers, postgres_url, broker, 2)
     senders = [await node_a.sign_in() for _ in range(6)]
     readers = [await node_b.sign_in() for _ in range(6)]
     pairs = []
     for sender, reader in zip(senders, readers):
         cid = (await sender.call("conv.direct", user_id=reader.user_id))[
-            "conversation_id"]
+            "conversation_id"
+        ]
         pairs.append((sender, reader, cid))
     broker_b = node_b.app.broker
     victim_url = broker_b.shard_for(f"u:{readers[0].user_id}")
     victim = next(s for s in redis_shards if victim_url.endswith(f":{s.port}"))
-    on_victim = [r for r in readers if broker_b.shard_for(f"u:{r.user_id}") == victim_url]
+    on_victim = [
+        r for r in readers if broker_b.shard_for(f"u:{r.user_id}") == victim_url
+    ]
 
     acked: dict[int, set[int]] = {cid: set() for _, _, cid in pairs}
 
@@ -196,23 +215,29 @@ async def test_clients_of_a_killed_node_reconnect_elsewhere_and_lose_nothing(
     processes = []
     try:
         for _ in range(2):
-            processes.append(await _spawn_node(
-                tmp_path, _node_env(postgres_url, urls, free_port())))
+            processes.append(
+                await _spawn_node(tmp_path, _node_env(postgres_url, urls, free_port()))
+            )
         (doomed, doomed_url), (_, survivor_url) = processes
         alice = await Client.connect(doomed_url)
         await alice.resume(alice_entry["token"])
         bob = await Client.connect(survivor_url)
         await bob.resume(bob_entry["token"])
         cid = (await alice.call("conv.direct", user_id=bob_entry["user_id"]))[
-            "conversation_id"]
+            "conversation_id"
+        ]
         # Pushes cross between the node processes before the failure.
         first = await alice.send_text(cid, "across processes")
         [pushed] = await collect(bob, 1, conversation_id=cid)
         assert pushed["seq"] == first["seq"]
 
-        futures = [alice.request("message.send", {
-            "conversation_id": cid, "client_msg_id": f"k{i}", "text": f"k{i}"})
-            for i in range(300)]
+        futures = [
+            alice.request(
+                "message.send",
+                {"conversation_id": cid, "client_msg_id": f"k{i}", "text": f"k{i}"},
+            )
+            for i in range(300)
+        ]
         await asyncio.wait(futures[:50])
 
         doomed.send_signal(signal.SIGKILL)
@@ -230,7 +255,8 @@ async def test_clients_of_a_killed_node_reconnect_elsewhere_and_lose_nothing(
         caught_up = await bob.sync({cid: 0})
         texts = [m["text"] for m in caught_up[cid]]
         assert sorted(texts) == sorted(
-            ["across processes"] + [f"k{i}" for i in range(300)])
+            ["across processes"] + [f"k{i}" for i in range(300)]
+        )
         assert {m["seq"] for m in caught_up[cid]} == acked | {first["seq"]}
         await alice.close()
         await bob.close()
@@ -257,8 +283,9 @@ async def test_two_workers_serve_one_port(tmp_path, postgres_url, redis_shards):
                     continue
                 seen_nodes.add((await probe.call("ping"))["node"])
                 await probe.close()
-        alice, bob = [await Client.connect(f"ws://127.0.0.1:{port}/ws")
-                      for _ in range(2)]
+        alice, bob = [
+            await Client.connect(f"ws://127.0.0.1:{port}/ws") for _ in range(2)
+        ]
         await alice.resume(entries[0]["token"])
         await bob.resume(entries[1]["token"])
         cid = (await alice.call("conv.direct", user_id=bob.user_id))["conversation_id"]
@@ -274,8 +301,15 @@ async def test_two_workers_serve_one_port(tmp_path, postgres_url, redis_shards):
 
 async def test_workers_with_the_in_process_broker_are_refused(tmp_path):
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nextstar_rt.cli", "serve", "--workers", "2",
-        "--data-dir", str(tmp_path), stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "nextstar_rt.cli",
+        "serve",
+        "--workers",
+        "2",
+        "--data-dir",
+        str(tmp_path),
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await process.communicate()
     assert process.returncode == 2
@@ -285,8 +319,12 @@ async def test_workers_with_the_in_process_broker_are_refused(tmp_path):
 async def test_readyz_is_not_ready_while_a_shard_is_down(servers, redis_shards):
     import urllib.request
 
-    broker = {"kind": "redis", "urls": [s.url for s in redis_shards],
-              "reconnect_min": 0.05, "reconnect_max": 0.2}
+    broker = {
+        "kind": "redis",
+        "urls": [s.url for s in redis_shards],
+        "reconnect_min": 0.05,
+        "reconnect_max": 0.2,
+    }
     node = await servers.start(broker=broker)
     url = f"http://127.0.0.1:{node.app.port}/readyz"
 

@@ -12,18 +12,22 @@ from hypothesis import strategies as st
 from nextstar_rt.wire.codec import Encoding, decode, encode, parse_request, ws_frame
 from nextstar_rt.wire.errors import ErrorCode, NextstarError
 
-from .support import TIMEOUT
 
 # Values both encodings carry unchanged: JSON has no bytes, no NaN, and
 # integers beyond 64 bits do not fit MessagePack.
 scalars = (
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
 )
 values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=25,
 )
 
@@ -75,8 +79,11 @@ def test_json_text_frames_use_utf8_without_escapes():
     assert json.loads(encode({"a": [1, 2]}, Encoding.JSON)) == {"a": [1, 2]}
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(garbage=st.lists(st.binary(max_size=64) | st.text(max_size=64), max_size=8))
 async def test_arbitrary_frames_never_break_a_session_or_the_server(
     sqlite_server, garbage

@@ -17,8 +17,10 @@ def test_environment_overrides_the_file_and_flags_override_both(tmp_path):
     config.write_text('[server]\nport = 9000\nhost = "0.0.0.0"\n')
     settings = load_settings(
         config,
-        environ={"NEXTSTAR_SERVER__PORT": "9100",
-                 "NEXTSTAR_HOOKS__BLOCKED_WORDS": '["spam", "scam"]'},
+        environ={
+            "NEXTSTAR_SERVER__PORT": "9100",
+            "NEXTSTAR_HOOKS__BLOCKED_WORDS": '["spam", "scam"]',
+        },
         overrides={"server": {"port": 9200}},
     )
     assert settings.server.port == 9200

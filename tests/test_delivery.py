@@ -28,8 +28,9 @@ async def test_acked_messages_survive_a_restart_in_order(servers, server):
 async def test_concurrent_senders_see_one_gap_free_order(server):
     members = [await server.sign_in() for _ in range(5)]
     owner = members[0]
-    group = await owner.call("group.create", title="ordering",
-                             member_ids=[m.user_id for m in members[1:]])
+    group = await owner.call(
+        "group.create", title="ordering", member_ids=[m.user_id for m in members[1:]]
+    )
     cid = group["conversation_id"]
     for member in members:  # everyone has heard of the group before the burst
         await member.next_event("message.new")
@@ -37,9 +38,14 @@ async def test_concurrent_senders_see_one_gap_free_order(server):
 
     async def burst(member):
         futures = [
-            member.request("message.send", {"conversation_id": cid,
-                                            "client_msg_id": uuid.uuid4().hex,
-                                            "text": f"{member.user_id}:{i}"})
+            member.request(
+                "message.send",
+                {
+                    "conversation_id": cid,
+                    "client_msg_id": uuid.uuid4().hex,
+                    "text": f"{member.user_id}:{i}",
+                },
+            )
             for i in range(per_sender)
         ]
         return await asyncio.gather(*futures)
@@ -67,19 +73,30 @@ async def test_retry_after_dropped_connection_returns_original_seq(server):
     client_msg_id = uuid.uuid4().hex
 
     # Send, then drop the connection without waiting for the ack.
-    await alice.send_raw(msgpack.packb({
-        "type": "req", "id": 1, "method": "message.send",
-        "params": {"conversation_id": cid, "client_msg_id": client_msg_id,
-                   "text": "once"},
-    }))
+    await alice.send_raw(
+        msgpack.packb(
+            {
+                "type": "req",
+                "id": 1,
+                "method": "message.send",
+                "params": {
+                    "conversation_id": cid,
+                    "client_msg_id": client_msg_id,
+                    "text": "once",
+                },
+            }
+        )
+    )
     alice.connection.transport.abort()
     await alice.wait_closed()
 
     retry = await server.resume(alice.token)
-    ack = await retry.call("message.send", conversation_id=cid,
-                           client_msg_id=client_msg_id, text="once")
-    again = await retry.call("message.send", conversation_id=cid,
-                             client_msg_id=client_msg_id, text="once")
+    ack = await retry.call(
+        "message.send", conversation_id=cid, client_msg_id=client_msg_id, text="once"
+    )
+    again = await retry.call(
+        "message.send", conversation_id=cid, client_msg_id=client_msg_id, text="once"
+    )
 
     history = await retry.history_all(cid)
     assert [m["text"] for m in history] == ["once"]
@@ -95,18 +112,22 @@ async def test_offline_member_catches_up_on_sync_in_order(server):
     alice = await server.sign_in()
     bob = await server.sign_in()
     carol = await server.sign_in()
-    group = await alice.call("group.create", title="burst",
-                             member_ids=[bob.user_id, carol.user_id])
+    group = await alice.call(
+        "group.create", title="burst", member_ids=[bob.user_id, carol.user_id]
+    )
     cid = group["conversation_id"]
     cursors = {cid: 1}
     token = carol.token
     await carol.close()
 
     sent = 260  # more than one sync page (200)
-    futures = [alice.request("message.send", {"conversation_id": cid,
-                                              "client_msg_id": f"b{i}",
-                                              "text": f"burst {i}"})
-               for i in range(sent)]
+    futures = [
+        alice.request(
+            "message.send",
+            {"conversation_id": cid, "client_msg_id": f"b{i}", "text": f"burst {i}"},
+        )
+        for i in range(sent)
+    ]
     await asyncio.gather(*futures)
 
     carol = await server.resume(token)
@@ -123,7 +144,9 @@ async def test_every_device_receives_including_the_senders_other_device(server):
     alice_laptop = await server.sign_in(phone, device="laptop")
     bob = await server.sign_in()
     assert alice_phone.user_id == alice_laptop.user_id
-    cid = (await bob.call("conv.direct", user_id=alice_phone.user_id))["conversation_id"]
+    cid = (await bob.call("conv.direct", user_id=alice_phone.user_id))[
+        "conversation_id"
+    ]
 
     ack = await bob.send_text(cid, "to both devices")
     for device in (alice_phone, alice_laptop):
@@ -143,8 +166,9 @@ async def test_json_and_msgpack_sessions_get_the_same_event(server):
     alice = await server.sign_in(encoding="json")
     bob = await server.sign_in(encoding="msgpack")
     carol = await server.sign_in(encoding="json")
-    group = await alice.call("group.create", title="mixed",
-                             member_ids=[bob.user_id, carol.user_id])
+    group = await alice.call(
+        "group.create", title="mixed", member_ids=[bob.user_id, carol.user_id]
+    )
     cid = group["conversation_id"]
     await alice.send_text(cid, "héllo ✓")
     [to_bob] = (await collect(bob, 2, conversation_id=cid))[-1:]
@@ -173,16 +197,21 @@ async def test_unread_counts_and_read_receipts(server):
     [listed] = (await bob.call("conv.list"))["conversations"]
     assert listed["unread"] == 1
     # A cursor never moves back, nor past the last message.
-    assert (await bob.call("message.read", conversation_id=cid, seq=1)) == {"read_seq": 2}
-    assert (await bob.call("message.read", conversation_id=cid, seq=99)) == {"read_seq": 3}
+    assert (await bob.call("message.read", conversation_id=cid, seq=1)) == {
+        "read_seq": 2
+    }
+    assert (await bob.call("message.read", conversation_id=cid, seq=99)) == {
+        "read_seq": 3
+    }
 
 
 async def test_recall_leaves_a_tombstone_for_every_member(server):
     alice = await server.sign_in()
     bob = await server.sign_in()
     carol = await server.sign_in()
-    group = await alice.call("group.create", title="recall",
-                             member_ids=[bob.user_id, carol.user_id])
+    group = await alice.call(
+        "group.create", title="recall", member_ids=[bob.user_id, carol.user_id]
+    )
     cid = group["conversation_id"]
     ack = await alice.send_text(cid, "oops")
 
@@ -203,10 +232,17 @@ async def test_a_structured_payload_round_trips_on_every_path(server):
     alice = await server.sign_in()
     bob = await server.sign_in(encoding="json")
     cid = (await alice.call("conv.direct", user_id=bob.user_id))["conversation_id"]
-    data = {"type": "card", "body": {"title": "Lunch?", "options": [1, 2.5, None],
-                                     "nested": {"ok": True, "name": "café"}}}
-    ack = await alice.call("message.send", conversation_id=cid, client_msg_id="card",
-                           data=data)
+    data = {
+        "type": "card",
+        "body": {
+            "title": "Lunch?",
+            "options": [1, 2.5, None],
+            "nested": {"ok": True, "name": "café"},
+        },
+    }
+    ack = await alice.call(
+        "message.send", conversation_id=cid, client_msg_id="card", data=data
+    )
     [pushed] = await collect(bob, 1, conversation_id=cid)
     [stored] = await bob.history_all(cid)
     assert pushed["data"] == stored["data"] == data

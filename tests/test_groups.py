@@ -10,8 +10,9 @@ from .support import collect
 
 async def _group(server, size):
     members = [await server.sign_in() for _ in range(size)]
-    group = await members[0].call("group.create", title="team",
-                                  member_ids=[m.user_id for m in members[1:]])
+    group = await members[0].call(
+        "group.create", title="team", member_ids=[m.user_id for m in members[1:]]
+    )
     for member in members:
         await collect(member, 1, conversation_id=group["conversation_id"])
     return members, group["conversation_id"]
@@ -21,11 +22,14 @@ async def test_creating_a_group_tells_every_member(server):
     members, cid = await _group(server, 3)
     listed = (await members[2].call("conv.list"))["conversations"]
     assert [(c["conversation_id"], c["title"], c["member_count"]) for c in listed] == [
-        (cid, "team", 3)]
+        (cid, "team", 3)
+    ]
     roster = (await members[1].call("group.members", conversation_id=cid))["members"]
     assert [(m["user_id"], m["role"]) for m in roster] == [
-        (members[0].user_id, "owner"), (members[1].user_id, "member"),
-        (members[2].user_id, "member")]
+        (members[0].user_id, "owner"),
+        (members[1].user_id, "member"),
+        (members[2].user_id, "member"),
+    ]
 
 
 async def test_an_added_member_receives_new_messages_but_not_older_ones(server):
@@ -58,8 +62,9 @@ async def test_a_removed_member_stops_receiving_and_loses_access(server):
     with pytest.raises(ClientError) as error:
         await carol.send_text(cid, "still here?")
     assert error.value.code == "not_member"
-    sync = await carol.call("sync", cursors=[{"conversation_id": cid,
-                                              "seq": removed["seq"]}])
+    sync = await carol.call(
+        "sync", cursors=[{"conversation_id": cid, "seq": removed["seq"]}]
+    )
     assert sync["removed"] == [cid]
     assert all(c["conversation_id"] != cid for c in sync["conversations"])
 
@@ -99,7 +104,10 @@ async def test_renaming_is_a_message_in_the_sequence(server):
     result = await bob.call("group.rename", conversation_id=cid, title="renamed")
     [renamed] = await collect(owner, 1, conversation_id=cid)
     assert (renamed["kind"], renamed["data"], renamed["seq"]) == (
-        "group.renamed", {"title": "renamed"}, result["seq"])
+        "group.renamed",
+        {"title": "renamed"},
+        result["seq"],
+    )
     assert (await owner.call("conv.get", conversation_id=cid))["title"] == "renamed"
 
 
@@ -107,8 +115,9 @@ async def test_group_size_is_capped(servers):
     server = await servers.start(chat={"group_max_members": 3})
     members = [await server.sign_in() for _ in range(4)]
     with pytest.raises(ClientError) as error:
-        await members[0].call("group.create", title="too big",
-                              member_ids=[m.user_id for m in members[1:]])
+        await members[0].call(
+            "group.create", title="too big", member_ids=[m.user_id for m in members[1:]]
+        )
     assert error.value.code == "forbidden"
 
 

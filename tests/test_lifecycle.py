@@ -19,7 +19,11 @@ from .support import SCALE, TIMEOUT, collect, provision, spawn_server
 def _get(url: str) -> tuple[int, str, str]:
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-            return response.status, response.headers["Content-Type"], response.read().decode()
+            return (
+                response.status,
+                response.headers["Content-Type"],
+                response.read().decode(),
+            )
     except urllib.error.HTTPError as error:
         return error.code, error.headers["Content-Type"], error.read().decode()
 
@@ -38,8 +42,9 @@ async def test_health_readiness_and_metrics_share_the_port(sqlite_server):
     status, content_type, metrics = await asyncio.to_thread(_get, base + "/metrics")
     assert status == 200 and content_type.startswith("text/plain")
     assert re.search(r"^nextstar_connections 2\.0$", metrics, re.M)
-    assert re.search(r'^nextstar_requests_total\{method="message.send"\} 1\.0$',
-                     metrics, re.M)
+    assert re.search(
+        r'^nextstar_requests_total\{method="message.send"\} 1\.0$', metrics, re.M
+    )
     assert re.search(r"^nextstar_messages_stored_total 1\.0$", metrics, re.M)
     assert re.search(r"^nextstar_delivery_latency_seconds_count 1\.0$", metrics, re.M)
     assert (await asyncio.to_thread(_get, base + "/nowhere"))[0] == 404
@@ -65,8 +70,10 @@ async def test_an_idle_session_is_closed_with_4002(servers):
 
 
 async def test_production_mode_refuses_the_development_sms_sender(tmp_path):
-    settings = load_settings(environ={}, overrides={
-        "server": {"mode": "production", "data_dir": str(tmp_path)}})
+    settings = load_settings(
+        environ={},
+        overrides={"server": {"mode": "production", "data_dir": str(tmp_path)}},
+    )
     with pytest.raises(ConfigError, match="real SMS sender"):
         App(settings)
 
@@ -75,23 +82,37 @@ async def _fill(sender: Client, cid: int, count: int, size: int) -> None:
     # Chunks of ten keep the flood gradual enough for a reading session to
     # keep up, while a session that reads nothing falls further behind.
     for start in range(0, count, 10):
-        await asyncio.gather(*(sender.request("message.send", {
-            "conversation_id": cid, "client_msg_id": f"fill-{i}",
-            "data": {"type": "blob", "body": {"pad": "x" * size}}})
-            for i in range(start, min(count, start + 10))))
+        await asyncio.gather(
+            *(
+                sender.request(
+                    "message.send",
+                    {
+                        "conversation_id": cid,
+                        "client_msg_id": f"fill-{i}",
+                        "data": {"type": "blob", "body": {"pad": "x" * size}},
+                    },
+                )
+                for i in range(start, min(count, start + 10))
+            )
+        )
 
 
 async def _slow_setup(servers, grace):
     server = await servers.start(
-        gateway={"send_buffer_bytes": 262144, "slow_consumer_grace": grace,
-                 "rate_per_second": 10000, "rate_burst": 10000},
+        gateway={
+            "send_buffer_bytes": 262144,
+            "slow_consumer_grace": grace,
+            "rate_per_second": 10000,
+            "rate_burst": 10000,
+        },
         chat={"max_data_bytes": 60000},
     )
     sender = await server.sign_in()
     slow = await server.sign_in()
     healthy = await server.sign_in()
-    group = await sender.call("group.create", title="flood",
-                              member_ids=[slow.user_id, healthy.user_id])
+    group = await sender.call(
+        "group.create", title="flood", member_ids=[slow.user_id, healthy.user_id]
+    )
     cid = group["conversation_id"]
     await collect(slow, 1, conversation_id=cid)
     await collect(healthy, 1, conversation_id=cid)
@@ -140,11 +161,16 @@ async def test_everything_acked_before_sigterm_is_stored(tmp_path):
         alice = await Client.connect(url)
         await alice.resume(alice_entry["token"])
         cid = (await alice.call("conv.direct", user_id=bob_entry["user_id"]))[
-            "conversation_id"]
+            "conversation_id"
+        ]
 
-        futures = [alice.request("message.send", {
-            "conversation_id": cid, "client_msg_id": f"m{i}", "text": f"m{i}"})
-            for i in range(2000)]
+        futures = [
+            alice.request(
+                "message.send",
+                {"conversation_id": cid, "client_msg_id": f"m{i}", "text": f"m{i}"},
+            )
+            for i in range(2000)
+        ]
         await asyncio.wait(futures[:100])  # the burst is under way
         process.send_signal(signal.SIGTERM)
         results = await asyncio.gather(*futures, return_exceptions=True)

@@ -87,7 +87,8 @@ def test_vector_decodes_back_to_its_frame(vector):
 
 
 @pytest.mark.parametrize(
-    "vector", [v for v in POSITIVE if v["name"].startswith("request/")],
+    "vector",
+    [v for v in POSITIVE if v["name"].startswith("request/")],
     ids=lambda v: v["name"],
 )
 def test_request_vector_is_a_valid_request_with_valid_params(vector):
@@ -116,12 +117,19 @@ def test_invalid_vectors_cover_each_kind_of_bad_input():
     codes = {v["name"].split("/")[1]: set() for v in INVALID}
     for vector in INVALID:
         codes[vector["name"].split("/")[1]].add(vector["error"])
-    assert codes == {"bytes": {"bad_frame"}, "text": {"bad_frame"},
-                     "frame": {"bad_request"}}
+    assert codes == {
+        "bytes": {"bad_frame"},
+        "text": {"bad_frame"},
+        "frame": {"bad_request"},
+    }
     names = {v["name"] for v in INVALID}
-    for needed in ("invalid/frame/not_a_map", "invalid/frame/id_missing",
-                   "invalid/frame/id_string", "invalid/frame/method_missing",
-                   "invalid/frame/params_list"):
+    for needed in (
+        "invalid/frame/not_a_map",
+        "invalid/frame/id_missing",
+        "invalid/frame/id_string",
+        "invalid/frame/method_missing",
+        "invalid/frame/params_list",
+    ):
         assert needed in names
     # Once the id is valid, the error carries it.
     assert BY_NAME["invalid/frame/method_missing"]["request_id"] == 7
@@ -137,8 +145,11 @@ def test_vectors_cover_every_method_event_and_message_kind():
         assert f"event/message.new/{kind}" in names
     events = {v["frame"]["event"] for v in POSITIVE if v["frame"]["type"] == "evt"}
     assert events == set(generate.EVENTS)
-    kinds = {v["frame"]["data"]["kind"] for v in POSITIVE
-             if v["frame"].get("event") == "message.new"}
+    kinds = {
+        v["frame"]["data"]["kind"]
+        for v in POSITIVE
+        if v["frame"].get("event") == "message.new"
+    }
     assert kinds == set(generate.MESSAGE_KINDS)
 
 
@@ -209,7 +220,7 @@ def test_doc_examples_are_the_exact_codec_output():
     for marker in markers:
         name = marker.group(1)
         assert name in BY_NAME, f"PROTOCOL.md shows unknown vector {name}"
-        shown = DOC[marker.end():marker.end() + 20000]
+        shown = DOC[marker.end() : marker.end() + 20000]
         assert shown.startswith(generate.render(BY_NAME[name])), (
             f"example {name} in PROTOCOL.md differs from vectors.json"
         )
@@ -256,7 +267,8 @@ def test_doc_close_table_lists_every_close_code():
 def test_doc_limits_table_states_the_configured_defaults():
     limits = _section("5. Limits")
     settings = {
-        "gateway": GatewaySettings(), "chat": ChatSettings(),
+        "gateway": GatewaySettings(),
+        "chat": ChatSettings(),
         "accounts": AccountsSettings(),
     }
     keys = re.findall(r"`((?:gateway|chat|accounts)\.[a-z_]+)`", limits)
@@ -274,28 +286,37 @@ def _calls(tree: ast.AST, names: set[str]) -> list[ast.Call]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             func = node.func
-            name = func.attr if isinstance(func, ast.Attribute) else getattr(
-                func, "id", None)
+            name = (
+                func.attr
+                if isinstance(func, ast.Attribute)
+                else getattr(func, "id", None)
+            )
             if name in names:
                 calls.append(node)
     return calls
 
 
 def _source_trees() -> list[ast.AST]:
-    return [ast.parse(path.read_text(encoding="utf-8"))
-            for path in sorted(SOURCE.rglob("*.py"))]
+    return [
+        ast.parse(path.read_text(encoding="utf-8"))
+        for path in sorted(SOURCE.rglob("*.py"))
+    ]
 
 
 def _strings(node: ast.AST) -> set[str]:
-    return {n.value for n in ast.walk(node)
-            if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    return {
+        n.value
+        for n in ast.walk(node)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
 
 
 def test_events_the_server_emits_are_the_documented_ones():
     emitted = set()
     for tree in _source_trees():
-        for call in _calls(tree, {"send_event", "event_frame", "to_conversation",
-                                  "event"}):
+        for call in _calls(
+            tree, {"send_event", "event_frame", "to_conversation", "event"}
+        ):
             if call.args and isinstance(call.args[0], ast.Constant):
                 emitted.add(call.args[0].value)
     assert emitted == set(generate.EVENTS)
@@ -321,8 +342,11 @@ def test_resync_reasons_the_server_sends_are_the_documented_ones():
     reasons = set()
     for tree in _source_trees():
         for call in _calls(tree, {"send_event"}):
-            if (call.args and isinstance(call.args[0], ast.Constant)
-                    and call.args[0].value == "session.resync"):
+            if (
+                call.args
+                and isinstance(call.args[0], ast.Constant)
+                and call.args[0].value == "session.resync"
+            ):
                 data = call.args[1]
                 assert isinstance(data, ast.Dict)
                 for key, value in zip(data.keys, data.values, strict=True):
@@ -387,10 +411,14 @@ async def test_a_live_server_answers_in_the_documented_shapes(sqlite_server):
 
     # Sign-in, sessions, profiles.
     alice = await server.connect("json")
-    phone = got("result/auth.request_code",
-                await alice.call("auth.request_code", phone="+14155550101"))["phone"]
-    got("result/auth.sign_in",
-        await alice.sign_in(phone, server.sender.last_code(phone), "Alice's phone"))
+    phone = got(
+        "result/auth.request_code",
+        await alice.call("auth.request_code", phone="+14155550101"),
+    )["phone"]
+    got(
+        "result/auth.sign_in",
+        await alice.sign_in(phone, server.sender.last_code(phone), "Alice's phone"),
+    )
     other = await server.connect()
     got("result/auth.resume", await other.resume(alice.token))
     laptop = await server.sign_in(phone, device="laptop")
@@ -398,68 +426,123 @@ async def test_a_live_server_answers_in_the_documented_shapes(sqlite_server):
     carol = await server.sign_in(encoding="json")
     dan = await server.sign_in()
     devices = got("result/devices.list", await alice.call("devices.list"))
-    got("result/profile.update",
-        await alice.call("profile.update", nickname="Alice", handle="alice_1"))
-    await bob.call("profile.update", nickname="Bob", handle="bob_rivers",
-                   avatar_url="https://cdn.example.com/a/2.jpg")
+    got(
+        "result/profile.update",
+        await alice.call("profile.update", nickname="Alice", handle="alice_1"),
+    )
+    await bob.call(
+        "profile.update",
+        nickname="Bob",
+        handle="bob_rivers",
+        avatar_url="https://cdn.example.com/a/2.jpg",
+    )
     got("result/profile.get", await alice.call("profile.get", user_id=bob.user_id))
     got("result/presence.get", await alice.call("presence.get", user_id=alice.user_id))
 
     # A direct conversation: send, retry, history, recall, read.
-    direct = got("result/conv.direct",
-                 await alice.call("conv.direct", user_id=bob.user_id))
+    direct = got(
+        "result/conv.direct", await alice.call("conv.direct", user_id=bob.user_id)
+    )
     cid = direct["conversation_id"]
-    first = await bob.call("message.send", conversation_id=cid, client_msg_id="d1",
-                           data=generate.LOCATION)
+    first = await bob.call(
+        "message.send", conversation_id=cid, client_msg_id="d1", data=generate.LOCATION
+    )
     got("event/message.new/data", await _next(alice, "message.new", "data"))
-    sent = got("result/message.send", await alice.call(
-        "message.send", conversation_id=cid, client_msg_id="t1", text="See you"))
-    got("result/message.send/duplicate", await alice.call(
-        "message.send", conversation_id=cid, client_msg_id="t1", text="See you"))
+    sent = got(
+        "result/message.send",
+        await alice.call(
+            "message.send", conversation_id=cid, client_msg_id="t1", text="See you"
+        ),
+    )
+    got(
+        "result/message.send/duplicate",
+        await alice.call(
+            "message.send", conversation_id=cid, client_msg_id="t1", text="See you"
+        ),
+    )
     got("event/message.new/text", await _next(bob, "message.new", "text"))
     got("event/message.new/text", await _next(other, "message.new", "text"))
-    got("result/message.history", await alice.call(
-        "message.history", conversation_id=cid, before_seq=sent["seq"] + 1, limit=2))
-    recall = got("result/message.recall", await alice.call(
-        "message.recall", conversation_id=cid, seq=sent["seq"]))
+    got(
+        "result/message.history",
+        await alice.call(
+            "message.history", conversation_id=cid, before_seq=sent["seq"] + 1, limit=2
+        ),
+    )
+    recall = got(
+        "result/message.recall",
+        await alice.call("message.recall", conversation_id=cid, seq=sent["seq"]),
+    )
     got("event/message.new/recall", await _next(bob, "message.new", "recall"))
-    got("result/message.read", await bob.call(
-        "message.read", conversation_id=cid, seq=recall["seq"]))
+    got(
+        "result/message.read",
+        await bob.call("message.read", conversation_id=cid, seq=recall["seq"]),
+    )
     got("event/conversation.read", await _next(alice, "conversation.read"))
     got("result/conv.list", await alice.call("conv.list"))
 
     # A group, through every membership change.
-    group = got("result/group.create", await alice.call(
-        "group.create", title="Weekend trip", member_ids=[bob.user_id, carol.user_id]))
+    group = got(
+        "result/group.create",
+        await alice.call(
+            "group.create",
+            title="Weekend trip",
+            member_ids=[bob.user_id, carol.user_id],
+        ),
+    )
     gid = group["conversation_id"]
-    got("event/message.new/group.created",
-        await _next(bob, "message.new", "group.created"))
-    await carol.call("message.send", conversation_id=gid, client_msg_id="g1",
-                     text="I'll bring snacks")
+    got(
+        "event/message.new/group.created",
+        await _next(bob, "message.new", "group.created"),
+    )
+    await carol.call(
+        "message.send",
+        conversation_id=gid,
+        client_msg_id="g1",
+        text="I'll bring snacks",
+    )
     got("result/conv.get", await alice.call("conv.get", conversation_id=gid))
     got("result/group.members", await alice.call("group.members", conversation_id=gid))
-    got("result/group.rename", await bob.call(
-        "group.rename", conversation_id=gid, title="Weekend trip 2"))
-    got("event/message.new/group.renamed",
-        await _next(carol, "message.new", "group.renamed"))
-    got("result/group.add", await alice.call(
-        "group.add", conversation_id=gid, user_ids=[dan.user_id]))
-    got("event/message.new/member.added",
-        await _next(dan, "message.new", "member.added"))
-    got("result/group.remove", await alice.call(
-        "group.remove", conversation_id=gid, user_id=dan.user_id))
-    got("event/message.new/member.removed",
-        await _next(bob, "message.new", "member.removed"))
-    left = got("result/group.leave",
-               await alice.call("group.leave", conversation_id=gid))
+    got(
+        "result/group.rename",
+        await bob.call("group.rename", conversation_id=gid, title="Weekend trip 2"),
+    )
+    got(
+        "event/message.new/group.renamed",
+        await _next(carol, "message.new", "group.renamed"),
+    )
+    got(
+        "result/group.add",
+        await alice.call("group.add", conversation_id=gid, user_ids=[dan.user_id]),
+    )
+    got(
+        "event/message.new/member.added",
+        await _next(dan, "message.new", "member.added"),
+    )
+    got(
+        "result/group.remove",
+        await alice.call("group.remove", conversation_id=gid, user_id=dan.user_id),
+    )
+    got(
+        "event/message.new/member.removed",
+        await _next(bob, "message.new", "member.removed"),
+    )
+    left = got(
+        "result/group.leave", await alice.call("group.leave", conversation_id=gid)
+    )
     got("event/message.new/member.left", await _next(bob, "message.new", "member.left"))
 
     # Catching up, keepalive, resync.
-    synced = got("result/sync", await bob.call("sync", cursors=[
-        {"conversation_id": cid, "seq": first["seq"]},
-        {"conversation_id": gid, "seq": left["seq"]},
-        {"conversation_id": 999, "seq": 0},
-    ]))
+    synced = got(
+        "result/sync",
+        await bob.call(
+            "sync",
+            cursors=[
+                {"conversation_id": cid, "seq": first["seq"]},
+                {"conversation_id": gid, "seq": left["seq"]},
+                {"conversation_id": 999, "seq": 0},
+            ],
+        ),
+    )
     assert [c["conversation_id"] for c in synced["conversations"]] == [cid]
     assert synced["removed"] == [999]
     got("result/ping", await alice.call("ping"))
@@ -467,10 +550,13 @@ async def test_a_live_server_answers_in_the_documented_shapes(sqlite_server):
     got("event/session.resync/broker", await _next(bob, "session.resync"))
 
     # Ending sessions.
-    laptop_session = next(d["session_id"] for d in devices["devices"]
-                          if not d["current"])
-    got("result/devices.revoke",
-        await alice.call("devices.revoke", session_id=laptop_session))
+    laptop_session = next(
+        d["session_id"] for d in devices["devices"] if not d["current"]
+    )
+    got(
+        "result/devices.revoke",
+        await alice.call("devices.revoke", session_id=laptop_session),
+    )
     assert (await laptop.wait_closed(TIMEOUT)).code == CloseCode.SESSION_REVOKED
     got("result/auth.sign_out", await carol.call("auth.sign_out"))
     assert (await carol.wait_closed(TIMEOUT)).code == CloseCode.SESSION_REVOKED

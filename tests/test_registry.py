@@ -129,4 +129,3 @@ async def test_local_registry_reports_its_own_node_only() -> None:
     assert await registry.presence(7) == {"solo": 2}
     assert await registry.presence(8) == {}
     assert await registry.live_nodes() == ["solo"]
-

@@ -36,8 +36,9 @@ async def test_the_migrated_schema_matches_the_models(database):
 async def test_migrating_twice_changes_nothing(database):
     await database.migrate()
     async with database.read() as connection:
-        version = (await connection.execute(
-            sa.text("SELECT version_num FROM alembic_version"))).scalar_one()
+        version = (
+            await connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+        ).scalar_one()
     assert version == "0001"
 
 
@@ -46,11 +47,20 @@ async def _conversation_with(database, user_ids):
     async with database.write() as connection:
         for user_id in user_ids:
             await connection.execute(users.insert().values(id=user_id, created_at=now))
-        cid = (await connection.execute(
-            conversations.insert().values(kind="group", created_at=now, updated_at=now)
-            .returning(conversations.c.id))).scalar_one()
-        await connection.execute(members.insert(), [
-            {"conversation_id": cid, "user_id": u, "joined_at": now} for u in user_ids])
+        cid = (
+            await connection.execute(
+                conversations.insert()
+                .values(kind="group", created_at=now, updated_at=now)
+                .returning(conversations.c.id)
+            )
+        ).scalar_one()
+        await connection.execute(
+            members.insert(),
+            [
+                {"conversation_id": cid, "user_id": u, "joined_at": now}
+                for u in user_ids
+            ],
+        )
     return cid
 
 
@@ -58,16 +68,19 @@ async def test_concurrent_appends_share_one_commit_and_get_gap_free_seqs(databas
     cid = await _conversation_with(database, [1, 2])
     writer = BatchWriter(database, batch_max=500)
     writer.start()
-    futures = [writer.submit(Append(cid, 1 + i % 2, "text", f"m{i}", None, f"c{i}"))
-               for i in range(300)]
+    futures = [
+        writer.submit(Append(cid, 1 + i % 2, "text", f"m{i}", None, f"c{i}"))
+        for i in range(300)
+    ]
     stored = await asyncio.gather(*futures)
     await writer.close()
 
     assert [s.seq for s in stored] == list(range(1, 301))
     assert writer.batches == 1  # all 300 queued before the writer ran
     async with database.read() as connection:
-        last_seq = (await connection.execute(
-            sa.select(conversations.c.last_seq))).scalar_one()
+        last_seq = (
+            await connection.execute(sa.select(conversations.c.last_seq))
+        ).scalar_one()
     assert last_seq == 300
 
 
@@ -122,8 +135,11 @@ async def test_nodes_migrating_at_once_do_not_collide(postgres_url):
     try:
         await asyncio.gather(*(database.migrate() for database in databases))
         async with databases[0].read() as connection:
-            version = (await connection.execute(
-                sa.text("SELECT version_num FROM alembic_version"))).scalar_one()
+            version = (
+                await connection.execute(
+                    sa.text("SELECT version_num FROM alembic_version")
+                )
+            ).scalar_one()
         assert version == "0001"
     finally:
         for database in databases:

@@ -31,8 +31,10 @@ QUIT = "/quit"
 # Close codes after which reconnecting cannot help (see wire/errors.py).
 SESSION_REVOKED = 4003
 ACCOUNT_SUSPENDED = 4005
-FINAL_CLOSE_CODES = {SESSION_REVOKED: "this session was revoked; log in again",
-                     ACCOUNT_SUSPENDED: "this account is suspended"}
+FINAL_CLOSE_CODES = {
+    SESSION_REVOKED: "this session was revoked; log in again",
+    ACCOUNT_SUSPENDED: "this account is suspended",
+}
 
 RECONNECT_ATTEMPTS = 8
 BACKOFF_FIRST = 0.5
@@ -218,8 +220,9 @@ class ChatRoom:
                 waiting: set[asyncio.Future[Any]] = {event, self._line_task}
                 if gap_timer is not None:
                     waiting.add(gap_timer)
-                done, _ = await asyncio.wait(waiting,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    waiting, return_when=asyncio.FIRST_COMPLETED
+                )
 
                 if event in done:
                     await self._on_event(client, event.result())
@@ -269,8 +272,9 @@ class ChatRoom:
         if verdict is Push.SHOW:
             await self._show(client, [message])
         elif verdict is Push.GAP:
-            logger.debug("seq gap: shown=%d pushed=%d", self.timeline.seq,
-                         message["seq"])
+            logger.debug(
+                "seq gap: shown=%d pushed=%d", self.timeline.seq, message["seq"]
+            )
             await self._catch_up(client)
 
     async def _catch_up(self, client: Client) -> None:
@@ -294,8 +298,11 @@ class ChatRoom:
         if self.timeline.seq == 0:
             return
         try:
-            await client.call("message.read", conversation_id=self.conversation_id,
-                              seq=self.timeline.seq)
+            await client.call(
+                "message.read",
+                conversation_id=self.conversation_id,
+                seq=self.timeline.seq,
+            )
         except ClientError as exc:
             # A receipt is a courtesy; after removal from a group it fails,
             # and the chat should still show the removal.
@@ -312,7 +319,7 @@ class ChatRoom:
             try:
                 await self._send_one(client, text, client_msg_id)
             except Disconnected:
-                self._unsent[:0] = unsent[index + 1:]
+                self._unsent[:0] = unsent[index + 1 :]
                 raise
 
     async def _send_one(self, client: Client, text: str, client_msg_id: str) -> None:

@@ -55,8 +55,12 @@ class Credentials:
         path = credentials_path(profile)
         try:
             raw = json.loads(path.read_text())
-            return cls(str(raw["server"]), str(raw["token"]), int(raw["user_id"]),
-                       str(raw["phone"]))
+            return cls(
+                str(raw["server"]),
+                str(raw["token"]),
+                int(raw["user_id"]),
+                str(raw["phone"]),
+            )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -152,8 +152,17 @@ def profile_lines(profile: dict[str, Any]) -> list[str]:
     if profile.get("deleted"):
         return [f"user_id: {profile['user_id']}", "deleted: yes"]
     lines = []
-    for key in ("user_id", "phone", "nickname", "handle", "gender", "birthday",
-                "region", "avatar_url", "verification"):
+    for key in (
+        "user_id",
+        "phone",
+        "nickname",
+        "handle",
+        "gender",
+        "birthday",
+        "region",
+        "avatar_url",
+        "verification",
+    ):
         value = profile.get(key)
         if value is not None:
             lines.append(f"{key}: {value}")

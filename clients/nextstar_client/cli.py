@@ -116,8 +116,9 @@ class Context:
         try:
             client = await Client.connect(url)
         except (OSError, InvalidURI, InvalidHandshake, TimeoutError) as exc:
-            raise CliError(f"cannot connect to {url}: {_reason(exc)}",
-                           EXIT_UNREACHABLE) from exc
+            raise CliError(
+                f"cannot connect to {url}: {_reason(exc)}", EXIT_UNREACHABLE
+            ) from exc
         self._clients.append(client)
         return client
 
@@ -261,11 +262,18 @@ async def cmd_login(ctx: Context, args: argparse.Namespace) -> int:
 
     created = ", new account" if result.get("created") else ""
     ctx.emit(
-        {"profile": ctx.profile, "server": url, "path": str(path),
-         "session_id": result["session_id"], "created": result.get("created"),
-         "user": user},
-        [f"logged in as @{stored.user_id} ({stored.phone}{created})",
-         f"credentials saved to {path}"],
+        {
+            "profile": ctx.profile,
+            "server": url,
+            "path": str(path),
+            "session_id": result["session_id"],
+            "created": result.get("created"),
+            "user": user,
+        },
+        [
+            f"logged in as @{stored.user_id} ({stored.phone}{created})",
+            f"credentials saved to {path}",
+        ],
     )
     return 0
 
@@ -281,8 +289,10 @@ async def _read_code(outbox: Outbox, phone: str) -> str:
     if outbox.exists():
         code = await outbox.wait_code(phone, OUTBOX_WAIT)
         if code is not None:
-            note(f"read the sign-in code for {phone} from the development outbox "
-                 f"{outbox.path}")
+            note(
+                f"read the sign-in code for {phone} from the development outbox "
+                f"{outbox.path}"
+            )
             return code
         note(f"no code for {phone} in {outbox.path}")
     # Nothing else runs while this blocks: no connection is open.
@@ -302,11 +312,17 @@ async def cmd_whoami(ctx: Context, args: argparse.Namespace) -> int:
     user = ctx.session["user"]
     url = ctx.server(ctx.credentials())
     ctx.emit(
-        {"profile": ctx.profile, "server": url,
-         "session_id": ctx.session["session_id"], "user": user},
-        [f"@{client.user_id} ({user.get('phone')}) on {url}",
-         f"profile: {ctx.profile}, session {ctx.session['session_id']}",
-         *profile_lines(user)],
+        {
+            "profile": ctx.profile,
+            "server": url,
+            "session_id": ctx.session["session_id"],
+            "user": user,
+        },
+        [
+            f"@{client.user_id} ({user.get('phone')}) on {url}",
+            f"profile: {ctx.profile}, session {ctx.session['session_id']}",
+            *profile_lines(user),
+        ],
     )
     return 0
 
@@ -388,8 +404,13 @@ async def cmd_chat(ctx: Context, args: argparse.Namespace) -> int:
             raise
 
     room = ChatRoom(
-        reconnect, conversation_id, Timeline(shown), cursors, ctx.names,
-        read_lines(asyncio.get_running_loop(), sys.stdin), as_json=ctx.as_json,
+        reconnect,
+        conversation_id,
+        Timeline(shown),
+        cursors,
+        ctx.names,
+        read_lines(asyncio.get_running_loop(), sys.stdin),
+        as_json=ctx.as_json,
     )
     users = set().union(*map(message_users, backlog))
     if conversation.get("peer_id"):
@@ -398,8 +419,10 @@ async def cmd_chat(ctx: Context, args: argparse.Namespace) -> int:
     for message in backlog:
         room.print_message(message)
     await room.mark_read(client)
-    note(f"chatting in {conversation_title(conversation, ctx.names)} "
-         f"(#{conversation_id}); type a message and press Enter, /quit to leave")
+    note(
+        f"chatting in {conversation_title(conversation, ctx.names)} "
+        f"(#{conversation_id}); type a message and press Enter, /quit to leave"
+    )
     return await room.run(client)
 
 
@@ -408,17 +431,24 @@ async def cmd_chat(ctx: Context, args: argparse.Namespace) -> int:
 
 async def cmd_group_create(ctx: Context, args: argparse.Namespace) -> int:
     client = await ctx.signed_in()
-    group = await client.call("group.create", title=args.title,
-                              member_ids=list(args.user_ids))
-    ctx.emit(group, [f"created group #{group['conversation_id']} "
-                     f"\"{group['title']}\" with {group['member_count']} members"])
+    group = await client.call(
+        "group.create", title=args.title, member_ids=list(args.user_ids)
+    )
+    ctx.emit(
+        group,
+        [
+            f"created group #{group['conversation_id']} "
+            f'"{group["title"]}" with {group["member_count"]} members'
+        ],
+    )
     return 0
 
 
 async def cmd_group_add(ctx: Context, args: argparse.Namespace) -> int:
     client = await ctx.signed_in()
-    result = await client.call("group.add", conversation_id=args.conversation,
-                               user_ids=list(args.user_ids))
+    result = await client.call(
+        "group.add", conversation_id=args.conversation, user_ids=list(args.user_ids)
+    )
     await ctx.names.resolve(client, args.user_ids)
     added = ", ".join(ctx.names.label(u) for u in args.user_ids)
     ctx.emit(result, [f"added {added} to #{args.conversation} (seq {result['seq']})"])
@@ -427,11 +457,17 @@ async def cmd_group_add(ctx: Context, args: argparse.Namespace) -> int:
 
 async def cmd_group_remove(ctx: Context, args: argparse.Namespace) -> int:
     client = await ctx.signed_in()
-    result = await client.call("group.remove", conversation_id=args.conversation,
-                               user_id=args.user_id)
+    result = await client.call(
+        "group.remove", conversation_id=args.conversation, user_id=args.user_id
+    )
     await ctx.names.resolve(client, [args.user_id])
-    ctx.emit(result, [f"removed {ctx.names.label(args.user_id)} from "
-                      f"#{args.conversation} (seq {result['seq']})"])
+    ctx.emit(
+        result,
+        [
+            f"removed {ctx.names.label(args.user_id)} from "
+            f"#{args.conversation} (seq {result['seq']})"
+        ],
+    )
     return 0
 
 
@@ -444,17 +480,21 @@ async def cmd_group_leave(ctx: Context, args: argparse.Namespace) -> int:
 
 async def cmd_group_rename(ctx: Context, args: argparse.Namespace) -> int:
     client = await ctx.signed_in()
-    result = await client.call("group.rename", conversation_id=args.conversation,
-                               title=args.title)
-    ctx.emit(result, [f"renamed #{args.conversation} to \"{args.title}\" "
-                      f"(seq {result['seq']})"])
+    result = await client.call(
+        "group.rename", conversation_id=args.conversation, title=args.title
+    )
+    ctx.emit(
+        result,
+        [f'renamed #{args.conversation} to "{args.title}" (seq {result["seq"]})'],
+    )
     return 0
 
 
 async def cmd_group_members(ctx: Context, args: argparse.Namespace) -> int:
     client = await ctx.signed_in()
-    members = (await client.call("group.members",
-                                 conversation_id=args.conversation))["members"]
+    members = (await client.call("group.members", conversation_id=args.conversation))[
+        "members"
+    ]
     await ctx.names.resolve(client, [m["user_id"] for m in members])
     lines = [f"{ctx.names.label(m['user_id']):<32} {m['role']}" for m in members]
     ctx.emit({"conversation_id": args.conversation, "members": members}, lines)
@@ -494,11 +534,11 @@ PROFILE_FIELDS = ("nickname", "handle", "avatar_url", "gender", "birthday", "reg
 
 
 async def cmd_profile(ctx: Context, args: argparse.Namespace) -> int:
-    changes = {f: getattr(args, f) for f in PROFILE_FIELDS
-               if getattr(args, f) is not None}
+    changes = {
+        f: getattr(args, f) for f in PROFILE_FIELDS if getattr(args, f) is not None
+    }
     if changes and args.user is not None:
-        raise CliError("--user shows another profile; it cannot change one",
-                       EXIT_USAGE)
+        raise CliError("--user shows another profile; it cannot change one", EXIT_USAGE)
     client = await ctx.signed_in()
     if changes:
         profile = await client.call("profile.update", **changes)
@@ -519,28 +559,45 @@ def _global_options(inherited: bool) -> argparse.ArgumentParser:
     Under a command their defaults are suppressed, so that an option given
     before the command is not overwritten by the command's default.
     """
+
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if inherited else value
 
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument(
-        "--server", metavar="URL", default=default(None),
+        "--server",
+        metavar="URL",
+        default=default(None),
         help=f"server URL (default: ${SERVER_ENV}, the profile's server, "
-             f"or {DEFAULT_SERVER})",
+        f"or {DEFAULT_SERVER})",
     )
-    options.add_argument("--profile", metavar="NAME", default=default("default"),
-                         help="which stored identity to use (default: default)")
-    options.add_argument("--json", action="store_true", default=default(False),
-                         help="print machine-readable JSON")
-    options.add_argument("-v", "--verbose", action="store_true",
-                         default=default(False), help="log debug details to stderr")
+    options.add_argument(
+        "--profile",
+        metavar="NAME",
+        default=default("default"),
+        help="which stored identity to use (default: default)",
+    )
+    options.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print machine-readable JSON",
+    )
+    options.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="log debug details to stderr",
+    )
     return options
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of every ``nextstar`` command."""
     parser = argparse.ArgumentParser(
-        prog="nextstar", description="Command-line client for NextStar RT.",
+        prog="nextstar",
+        description="Command-line client for NextStar RT.",
         parents=[_global_options(inherited=False)],
     )
     common = [_global_options(inherited=True)]
@@ -549,70 +606,93 @@ def build_parser() -> argparse.ArgumentParser:
     def command(
         group: Any, name: str, handler: Handler, help_text: str
     ) -> argparse.ArgumentParser:
-        sub = group.add_parser(name, parents=common, help=help_text,
-                               description=help_text)
+        sub = group.add_parser(
+            name, parents=common, help=help_text, description=help_text
+        )
         sub.set_defaults(handler=handler)
         return sub
 
     login = command(commands, "login", cmd_login, "sign in with an SMS code")
     login.add_argument("phone", metavar="PHONE", help="phone number, best in E.164")
     login.add_argument("--code", help="a code received already; skips asking for one")
-    login.add_argument("--device", default=_device_name(),
-                       help="device name shown in 'nextstar devices'")
-    login.add_argument("--region", metavar="CC",
-                       help="ISO country code for a national number")
-    login.add_argument("--outbox", type=Path, metavar="PATH",
-                       help=f"development SMS outbox (default: ${OUTBOX_ENV} or "
-                            f"./{DEFAULT_OUTBOX})")
+    login.add_argument(
+        "--device",
+        default=_device_name(),
+        help="device name shown in 'nextstar devices'",
+    )
+    login.add_argument(
+        "--region", metavar="CC", help="ISO country code for a national number"
+    )
+    login.add_argument(
+        "--outbox",
+        type=Path,
+        metavar="PATH",
+        help=f"development SMS outbox (default: ${OUTBOX_ENV} or ./{DEFAULT_OUTBOX})",
+    )
     command(commands, "whoami", cmd_whoami, "show who this profile is signed in as")
     command(commands, "logout", cmd_logout, "sign out and forget the credentials")
 
     send = command(commands, "send", cmd_send, "send one text message")
-    send.add_argument("target", type=target_arg, metavar="TARGET",
-                      help="@USER_ID or #CONVERSATION_ID (quote '#' in a shell)")
+    send.add_argument(
+        "target",
+        type=target_arg,
+        metavar="TARGET",
+        help="@USER_ID or #CONVERSATION_ID (quote '#' in a shell)",
+    )
     send.add_argument("text", metavar="TEXT", help="the message; - reads stdin")
     chat = command(commands, "chat", cmd_chat, "chat interactively")
     chat.add_argument("target", type=target_arg, metavar="TARGET")
     command(commands, "convs", cmd_convs, "list conversations")
     history = command(commands, "history", cmd_history, "show recent messages")
     history.add_argument("target", type=target_arg, metavar="TARGET")
-    history.add_argument("--limit", type=positive_int, default=20, metavar="N",
-                         help="how many messages (default: 20)")
+    history.add_argument(
+        "--limit",
+        type=positive_int,
+        default=20,
+        metavar="N",
+        help="how many messages (default: 20)",
+    )
 
     _add_group_commands(commands, command)
     devices = command(commands, "devices", cmd_devices, "list signed-in devices")
     device_commands = devices.add_subparsers(dest="devices_command", metavar="ACTION")
-    revoke = command(device_commands, "revoke", cmd_devices_revoke,
-                     "sign a device out")
+    revoke = command(device_commands, "revoke", cmd_devices_revoke, "sign a device out")
     revoke.add_argument("session_id", type=positive_int, metavar="SESSION_ID")
 
     profile = command(commands, "profile", cmd_profile, "show or update a profile")
-    profile.add_argument("--user", type=user_arg, metavar="USER_ID",
-                         help="show this user's profile instead")
+    profile.add_argument(
+        "--user",
+        type=user_arg,
+        metavar="USER_ID",
+        help="show this user's profile instead",
+    )
     profile.add_argument("--nickname")
-    profile.add_argument("--handle", help="NEXTSTAR ID: a letter, then 5-19 of "
-                                          "letters, digits, _")
+    profile.add_argument(
+        "--handle", help="NEXTSTAR ID: a letter, then 5-19 of letters, digits, _"
+    )
     profile.add_argument("--avatar-url", dest="avatar_url", metavar="URL")
-    profile.add_argument("--gender", choices=("female", "male", "other",
-                                              "unspecified"))
+    profile.add_argument("--gender", choices=("female", "male", "other", "unspecified"))
     profile.add_argument("--birthday", metavar="YYYY-MM-DD")
     profile.add_argument("--region")
     return parser
 
 
 def _add_group_commands(commands: Any, command: Callable[..., Any]) -> None:
-    group = commands.add_parser("group", help="create and manage groups",
-                                description="create and manage groups")
-    actions = group.add_subparsers(dest="group_command", required=True,
-                                   metavar="ACTION")
+    group = commands.add_parser(
+        "group", help="create and manage groups", description="create and manage groups"
+    )
+    actions = group.add_subparsers(
+        dest="group_command", required=True, metavar="ACTION"
+    )
     create = command(actions, "create", cmd_group_create, "create a group")
     create.add_argument("title", metavar="TITLE")
     create.add_argument("user_ids", type=user_arg, nargs="*", metavar="USER_ID")
     add = command(actions, "add", cmd_group_add, "add members (owner only)")
     add.add_argument("conversation", type=conversation_arg, metavar="CONV")
     add.add_argument("user_ids", type=user_arg, nargs="+", metavar="USER_ID")
-    remove = command(actions, "remove", cmd_group_remove,
-                     "remove a member (owner only)")
+    remove = command(
+        actions, "remove", cmd_group_remove, "remove a member (owner only)"
+    )
     remove.add_argument("conversation", type=conversation_arg, metavar="CONV")
     remove.add_argument("user_id", type=user_arg, metavar="USER_ID")
     leave = command(actions, "leave", cmd_group_leave, "leave a group")

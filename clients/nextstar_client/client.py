@@ -61,8 +61,11 @@ class Client:
         cls, url: str, encoding: str = "msgpack", **options: Any
     ) -> Client:
         connection = await connect(
-            url, subprotocols=[SUBPROTOCOL[encoding]], compression=None,
-            max_size=None, **options,
+            url,
+            subprotocols=[SUBPROTOCOL[encoding]],
+            compression=None,
+            max_size=None,
+            **options,
         )
         return cls(connection, encoding)
 
@@ -109,7 +112,9 @@ class Client:
     async def _read(self) -> None:
         try:
             async for data in self.connection:
-                frame = json.loads(data) if isinstance(data, str) else msgpack.unpackb(data)
+                frame = (
+                    json.loads(data) if isinstance(data, str) else msgpack.unpackb(data)
+                )
                 kind = frame.get("type")
                 if kind == "evt":
                     self._events.put_nowait(frame)
@@ -119,8 +124,9 @@ class Client:
                     future.set_result(frame["result"])
                 elif kind == "err":
                     error = frame["error"]
-                    exc = ClientError(error["code"], error["message"],
-                                      error.get("details"))
+                    exc = ClientError(
+                        error["code"], error["message"], error.get("details")
+                    )
                     if future is not None and not future.done():
                         future.set_exception(exc)
                     elif future is None:
@@ -188,8 +194,9 @@ class Client:
     # -- conveniences ----------------------------------------------------------
 
     async def sign_in(self, phone: str, code: str, device_name: str = "python") -> Any:
-        result = await self.call("auth.sign_in", phone=phone, code=code,
-                                 device_name=device_name)
+        result = await self.call(
+            "auth.sign_in", phone=phone, code=code, device_name=device_name
+        )
         self.user_id = result["user"]["user_id"]
         self.token = result["token"]
         return result
@@ -204,8 +211,10 @@ class Client:
         self, conversation_id: int, text: str, client_msg_id: str | None = None
     ) -> Any:
         return await self.call(
-            "message.send", conversation_id=conversation_id,
-            client_msg_id=client_msg_id or _new_client_id(), text=text,
+            "message.send",
+            conversation_id=conversation_id,
+            client_msg_id=client_msg_id or _new_client_id(),
+            text=text,
         )
 
     async def history_all(self, conversation_id: int) -> list[dict[str, Any]]:

@@ -33,9 +33,17 @@ HOUR_MS = 3_600_000
 CODE_DIGITS = 6
 
 _PROFILE_COLUMNS = (
-    users.c.id, users.c.phone, users.c.handle, users.c.nickname, users.c.avatar_url,
-    users.c.gender, users.c.birthday, users.c.region, users.c.verification,
-    users.c.created_at, users.c.deleted_at,
+    users.c.id,
+    users.c.phone,
+    users.c.handle,
+    users.c.nickname,
+    users.c.avatar_url,
+    users.c.gender,
+    users.c.birthday,
+    users.c.region,
+    users.c.verification,
+    users.c.created_at,
+    users.c.deleted_at,
 )
 
 
@@ -112,7 +120,9 @@ class AccountService:
                 )
             await self._check_hourly_caps(connection, phone, address, now)
 
-            await connection.execute(sa.delete(sms_codes).where(sms_codes.c.phone == phone))
+            await connection.execute(
+                sa.delete(sms_codes).where(sms_codes.c.phone == phone)
+            )
             await connection.execute(
                 sms_codes.insert().values(
                     phone=phone,
@@ -200,7 +210,8 @@ class AccountService:
             raise _code_error(ErrorCode.CODE_INVALID, "wrong code, or none requested")
         if row.attempts >= self._settings.code_max_attempts:
             raise _code_error(
-                ErrorCode.CODE_ATTEMPTS_EXCEEDED, "too many wrong codes; ask for a new one"
+                ErrorCode.CODE_ATTEMPTS_EXCEEDED,
+                "too many wrong codes; ask for a new one",
             )
         if now >= row.expires_at:
             raise _code_error(ErrorCode.CODE_EXPIRED, "code expired; ask for a new one")
@@ -236,7 +247,9 @@ class AccountService:
                     ErrorCode.TOKEN_INVALID, "token is unknown or revoked"
                 )
             await connection.execute(
-                sessions.update().where(sessions.c.id == row.id).values(last_seen_at=now)
+                sessions.update()
+                .where(sessions.c.id == row.id)
+                .values(last_seen_at=now)
             )
             profile = await _load_profile(connection, row.user_id)
         return SignedIn(row.user_id, row.id), {
@@ -248,7 +261,9 @@ class AccountService:
         async with self._database.read() as connection:
             rows = await connection.execute(
                 sa.select(
-                    sessions.c.id, sessions.c.device_name, sessions.c.created_at,
+                    sessions.c.id,
+                    sessions.c.device_name,
+                    sessions.c.created_at,
                     sessions.c.last_seen_at,
                 )
                 .where(sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None))
@@ -289,7 +304,9 @@ class AccountService:
             profile = await _load_profile(connection, user_id)
         return _profile_view(profile, own=viewer == user_id)
 
-    async def update_profile(self, user_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+    async def update_profile(
+        self, user_id: int, changes: dict[str, Any]
+    ) -> dict[str, Any]:
         """Apply profile ``changes``; the verification status is not among them.
 
         Raises:
@@ -327,8 +344,14 @@ class AccountService:
                 users.update()
                 .where(users.c.id == user_id)
                 .values(
-                    phone=None, handle=None, nickname=None, avatar_url=None,
-                    gender="unspecified", birthday=None, region=None, deleted_at=now,
+                    phone=None,
+                    handle=None,
+                    nickname=None,
+                    avatar_url=None,
+                    gender="unspecified",
+                    birthday=None,
+                    region=None,
+                    deleted_at=now,
                 )
             )
         logger.info("account deleted: user=%d", user_id)
@@ -343,7 +366,9 @@ class AccountService:
             )
             return {row.id for row in rows}
 
-    async def provision(self, count: int, prefix: str = "+1555") -> list[dict[str, Any]]:
+    async def provision(
+        self, count: int, prefix: str = "+1555"
+    ) -> list[dict[str, Any]]:
         """Create ``count`` users with one session each, skipping SMS.
 
         For load tests and demos, through the operator command
@@ -353,7 +378,9 @@ class AccountService:
         created: list[dict[str, Any]] = []
         async with self._database.write() as connection:
             start = (
-                await connection.execute(sa.select(sa.func.coalesce(sa.func.max(users.c.id), 0)))
+                await connection.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(users.c.id), 0))
+                )
             ).scalar_one()
             for offset in range(0, count, 1000):
                 chunk = range(offset, min(count, offset + 1000))
@@ -362,18 +389,24 @@ class AccountService:
                     users.insert(), [{"phone": p, "created_at": now} for p in phones]
                 )
                 rows = await connection.execute(
-                    sa.select(users.c.id, users.c.phone).where(users.c.phone.in_(phones))
+                    sa.select(users.c.id, users.c.phone).where(
+                        users.c.phone.in_(phones)
+                    )
                 )
                 tokens = []
                 for row in rows:
                     token = secrets.token_urlsafe(32)
-                    tokens.append({"user_id": row.id, "token": token, "phone": row.phone})
+                    tokens.append(
+                        {"user_id": row.id, "token": token, "phone": row.phone}
+                    )
                 await connection.execute(
                     sessions.insert(),
                     [
                         {
-                            "user_id": t["user_id"], "token_hash": hash_token(t["token"]),
-                            "device_name": "provisioned", "created_at": now,
+                            "user_id": t["user_id"],
+                            "token_hash": hash_token(t["token"]),
+                            "device_name": "provisioned",
+                            "created_at": now,
                             "last_seen_at": now,
                         }
                         for t in tokens
@@ -383,7 +416,9 @@ class AccountService:
         return created
 
 
-async def _find_or_create_user(connection: Any, phone: str, now: int) -> tuple[int, bool]:
+async def _find_or_create_user(
+    connection: Any, phone: str, now: int
+) -> tuple[int, bool]:
     user_id = (
         await connection.execute(sa.select(users.c.id).where(users.c.phone == phone))
     ).scalar()
@@ -420,7 +455,9 @@ async def _open_session(
 
 async def _load_profile(connection: Any, user_id: int) -> Any:
     row = (
-        await connection.execute(sa.select(*_PROFILE_COLUMNS).where(users.c.id == user_id))
+        await connection.execute(
+            sa.select(*_PROFILE_COLUMNS).where(users.c.id == user_id)
+        )
     ).first()
     if row is None:
         raise NotFound("no such user")

@@ -94,9 +94,11 @@ class BlockedWordsHook:
 
     def __init__(self, words: Sequence[str]) -> None:
         words = sorted({w.strip().lower() for w in words if w.strip()}, key=len)
-        self._pattern = re.compile(
-            "|".join(re.escape(w) for w in reversed(words)), re.IGNORECASE
-        ) if words else None
+        self._pattern = (
+            re.compile("|".join(re.escape(w) for w in reversed(words)), re.IGNORECASE)
+            if words
+            else None
+        )
 
     def __call__(self, draft: Draft) -> Verdict:
         if self._pattern is None:

@@ -715,9 +715,7 @@ class ShardedBroker(Broker):
             await link.unsubscribe(channel)
 
     def is_ready(self) -> bool:
-        return bool(self._links) and all(
-            link.is_up() for link in self._links.values()
-        )
+        return bool(self._links) and all(link.is_up() for link in self._links.values())
 
     def stats(self) -> dict[str, object]:
         return {

@@ -12,8 +12,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable
 
-__all__ = ["Broker", "DeliverFn", "ResyncFn", "user_channel", "conversation_channel",
-           "node_channel"]
+__all__ = [
+    "Broker",
+    "DeliverFn",
+    "ResyncFn",
+    "user_channel",
+    "conversation_channel",
+    "node_channel",
+]
 
 DeliverFn = Callable[[str, bytes], None]
 ResyncFn = Callable[[Iterable[str]], None]

@@ -19,6 +19,7 @@ __all__ = ["SendPath"]
 
 logger = logging.getLogger(__name__)
 
+
 class Sender(Protocol):
     """What the send path needs of a session: who it is and how to answer."""
 
@@ -69,13 +70,18 @@ class SendPath:
 
         verdict = self._hooks.check(draft)
         if verdict.action is Action.REJECT:
-            self._on_error(session, request_id,
-                           Rejected(verdict.reason, {"hook": verdict.hook}))
+            self._on_error(
+                session, request_id, Rejected(verdict.reason, {"hook": verdict.hook})
+            )
             return
 
         append = Append(
-            params.conversation_id, user_id, "data" if data else "text",
-            params.text, data, params.client_msg_id,
+            params.conversation_id,
+            user_id,
+            "data" if data else "text",
+            params.text,
+            data,
+            params.client_msg_id,
         )
         future = self._writer.submit(append)
         future.add_done_callback(
@@ -96,7 +102,8 @@ class SendPath:
             )
         if size > self._max_data:
             return NextstarError.with_code(
-                ErrorCode.PAYLOAD_TOO_LARGE, f"data is larger than {self._max_data} bytes"
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"data is larger than {self._max_data} bytes",
             )
         return None
 
@@ -118,12 +125,15 @@ class SendPath:
         stored: Stored = future.result()
 
         # The ack goes first: it promises durability, which holds already.
-        session.reply(request_id, {
-            "conversation_id": stored.conversation_id,
-            "seq": stored.seq,
-            "created_at": stored.created_at,
-            "duplicate": stored.duplicate,
-        })
+        session.reply(
+            request_id,
+            {
+                "conversation_id": stored.conversation_id,
+                "seq": stored.seq,
+                "created_at": stored.created_at,
+                "duplicate": stored.duplicate,
+            },
+        )
         if stored.duplicate:
             return  # the original was published when it was stored
 
@@ -141,8 +151,12 @@ class SendPath:
         if append.data is not None:
             event["data"] = append.data
         self._fanout.to_conversation(
-            "message.new", event, stored.conversation_kind, stored.conversation_id,
-            stored.direct_members, origin_session=session.id,
+            "message.new",
+            event,
+            stored.conversation_kind,
+            stored.conversation_id,
+            stored.direct_members,
+            origin_session=session.id,
         )
         draft.path = stored.conversation_kind
         self._hooks.stored(draft, stored.seq)

@@ -58,7 +58,9 @@ def _not_member() -> NextstarError:
 class ChatService:
     """Everything about conversations except the hot send path."""
 
-    def __init__(self, database: Database, fanout: Fanout, settings: ChatSettings) -> None:
+    def __init__(
+        self, database: Database, fanout: Fanout, settings: ChatSettings
+    ) -> None:
         self._database = database
         self._fanout = fanout
         self._settings = settings
@@ -80,15 +82,25 @@ class ChatService:
                     conversation_id = (
                         await connection.execute(
                             conversations.insert()
-                            .values(kind="direct", direct_key=key, created_at=now,
-                                    updated_at=now)
+                            .values(
+                                kind="direct",
+                                direct_key=key,
+                                created_at=now,
+                                updated_at=now,
+                            )
                             .returning(conversations.c.id)
                         )
                     ).scalar_one()
                     await connection.execute(
                         members.insert(),
-                        [{"conversation_id": conversation_id, "user_id": u,
-                          "joined_at": now} for u in (low, high)],
+                        [
+                            {
+                                "conversation_id": conversation_id,
+                                "user_id": u,
+                                "joined_at": now,
+                            }
+                            for u in (low, high)
+                        ],
                     )
         except sa.exc.IntegrityError:
             pass  # created concurrently by the peer; read it below
@@ -118,9 +130,12 @@ class ChatService:
     async def _view(self, connection: Any, user_id: int, row: Any) -> dict[str, Any]:
         member_rows = (
             await connection.execute(
-                sa.select(members.c.user_id, members.c.role, members.c.read_seq,
-                          members.c.joined_seq)
-                .where(members.c.conversation_id == row.id)
+                sa.select(
+                    members.c.user_id,
+                    members.c.role,
+                    members.c.read_seq,
+                    members.c.joined_seq,
+                ).where(members.c.conversation_id == row.id)
             )
         ).all()
         own = next((m for m in member_rows if m.user_id == user_id), None)
@@ -131,7 +146,9 @@ class ChatService:
             "title": row.title,
             "last_seq": row.last_seq,
             "read_seq": read_seq,
-            "unread": max(0, row.last_seq - max(read_seq, own.joined_seq if own else 0)),
+            "unread": max(
+                0, row.last_seq - max(read_seq, own.joined_seq if own else 0)
+            ),
             "member_count": len(member_rows),
             "updated_at": row.updated_at,
             "last_message": None,
@@ -170,27 +187,49 @@ class ChatService:
             conversation_id = (
                 await connection.execute(
                     conversations.insert()
-                    .values(kind="group", title=title, owner_id=owner_id,
-                            created_at=now, updated_at=now)
+                    .values(
+                        kind="group",
+                        title=title,
+                        owner_id=owner_id,
+                        created_at=now,
+                        updated_at=now,
+                    )
                     .returning(conversations.c.id)
                 )
             ).scalar_one()
             await connection.execute(
                 members.insert(),
-                [{"conversation_id": conversation_id, "user_id": owner_id,
-                  "role": "owner", "joined_at": now}]
-                + [{"conversation_id": conversation_id, "user_id": u, "role": "member",
-                    "joined_at": now} for u in invited],
+                [
+                    {
+                        "conversation_id": conversation_id,
+                        "user_id": owner_id,
+                        "role": "owner",
+                        "joined_at": now,
+                    }
+                ]
+                + [
+                    {
+                        "conversation_id": conversation_id,
+                        "user_id": u,
+                        "role": "member",
+                        "joined_at": now,
+                    }
+                    for u in invited
+                ],
             )
             event = await _append_system(
-                connection, conversation_id, owner_id, "group.created",
+                connection,
+                conversation_id,
+                owner_id,
+                "group.created",
                 {"title": title, "member_ids": [owner_id, *invited]},
             )
             row = await _conversation(connection, conversation_id)
             view = await self._view(connection, owner_id, row)
         for user in (owner_id, *invited):
-            self._fanout.control(user, "join", conversation_id=conversation_id,
-                                 event=event)
+            self._fanout.control(
+                user, "join", conversation_id=conversation_id, event=event
+            )
         logger.debug("group created: conversation=%d", conversation_id)
         return view
 
@@ -219,8 +258,9 @@ class ChatService:
             present = set(
                 (
                     await connection.execute(
-                        sa.select(members.c.user_id)
-                        .where(members.c.conversation_id == conversation_id)
+                        sa.select(members.c.user_id).where(
+                            members.c.conversation_id == conversation_id
+                        )
                     )
                 ).scalars()
             )
@@ -236,15 +276,23 @@ class ChatService:
             now = now_ms()
             await connection.execute(
                 members.insert(),
-                [{"conversation_id": conversation_id, "user_id": u,
-                  "joined_seq": event["seq"] - 1, "joined_at": now} for u in new],
+                [
+                    {
+                        "conversation_id": conversation_id,
+                        "user_id": u,
+                        "joined_seq": event["seq"] - 1,
+                        "joined_at": now,
+                    }
+                    for u in new
+                ],
             )
         # Added users hear of it on their own channel, with the order to join;
         # skipping them on the group channel keeps them from hearing it twice.
         self._publish_group(event, skip_users=new)
         for added in new:
-            self._fanout.control(added, "join", conversation_id=conversation_id,
-                                 event=event)
+            self._fanout.control(
+                added, "join", conversation_id=conversation_id, event=event
+            )
         return event["seq"]
 
     async def remove_member(
@@ -260,7 +308,10 @@ class ChatService:
             if not await _is_member(connection, conversation_id, removed_id):
                 raise NotFound("that user is not a member of this group")
             event = await _append_system(
-                connection, conversation_id, user_id, "member.removed",
+                connection,
+                conversation_id,
+                user_id,
+                "member.removed",
                 {"user_id": removed_id},
             )
             await _delete_member(connection, conversation_id, removed_id)
@@ -290,18 +341,25 @@ class ChatService:
                 if heir is not None:
                     await connection.execute(
                         members.update()
-                        .where(members.c.conversation_id == conversation_id,
-                               members.c.user_id == heir)
+                        .where(
+                            members.c.conversation_id == conversation_id,
+                            members.c.user_id == heir,
+                        )
                         .values(role="owner")
                     )
             event = await _append_system(
-                connection, conversation_id, user_id, "member.left",
+                connection,
+                conversation_id,
+                user_id,
+                "member.left",
                 {"user_id": user_id, "new_owner_id": heir},
             )
         self._part(event, user_id)
         return event["seq"]
 
-    async def group_members(self, user_id: int, conversation_id: int) -> list[dict[str, Any]]:
+    async def group_members(
+        self, user_id: int, conversation_id: int
+    ) -> list[dict[str, Any]]:
         async with self._database.read() as connection:
             await _membership(connection, conversation_id, user_id)
             rows = await connection.execute(
@@ -309,8 +367,10 @@ class ChatService:
                 .where(members.c.conversation_id == conversation_id)
                 .order_by(members.c.joined_at, members.c.user_id)
             )
-            return [{"user_id": r.user_id, "role": r.role, "read_seq": r.read_seq}
-                    for r in rows]
+            return [
+                {"user_id": r.user_id, "role": r.role, "read_seq": r.read_seq}
+                for r in rows
+            ]
 
     async def share_conversation(self, user_id: int, other_id: int) -> bool:
         """Tell whether the two users are members of any one conversation."""
@@ -341,7 +401,10 @@ class ChatService:
         self, event: dict[str, Any], skip_users: list[int] | None = None
     ) -> None:
         self._fanout.to_conversation(
-            "message.new", event, "group", event["conversation_id"],
+            "message.new",
+            event,
+            "group",
+            event["conversation_id"],
             skip_users=skip_users or (),
         )
 
@@ -350,12 +413,15 @@ class ChatService:
         # the order to drop the conversation's subscription; the remaining
         # members hear it on the group channel.
         self._fanout.to_conversation(
-            "message.new", event, "group", event["conversation_id"],
+            "message.new",
+            event,
+            "group",
+            event["conversation_id"],
             skip_users=[parted_id],
         )
-        self._fanout.control(parted_id, "leave",
-                             conversation_id=event["conversation_id"],
-                             event=event)
+        self._fanout.control(
+            parted_id, "leave", conversation_id=event["conversation_id"], event=event
+        )
 
     # -- history, sync, receipts, recall ------------------------------------
 
@@ -403,8 +469,9 @@ class ChatService:
                 page = (
                     await connection.execute(
                         sa.select(messages)
-                        .where(messages.c.conversation_id == row.id,
-                               messages.c.seq > since)
+                        .where(
+                            messages.c.conversation_id == row.id, messages.c.seq > since
+                        )
                         .order_by(messages.c.seq)
                         .limit(limit + 1)
                     )
@@ -427,8 +494,11 @@ class ChatService:
             target = min(seq, row.last_seq)
             await connection.execute(
                 members.update()
-                .where(members.c.conversation_id == conversation_id,
-                       members.c.user_id == user_id, members.c.read_seq < target)
+                .where(
+                    members.c.conversation_id == conversation_id,
+                    members.c.user_id == user_id,
+                    members.c.read_seq < target,
+                )
                 .values(read_seq=target)
             )
             read_seq = (
@@ -439,10 +509,16 @@ class ChatService:
                     )
                 )
             ).scalar_one()
-        receipt = {"conversation_id": conversation_id, "user_id": user_id,
-                   "read_seq": read_seq}
+        receipt = {
+            "conversation_id": conversation_id,
+            "user_id": user_id,
+            "read_seq": read_seq,
+        }
         self._fanout.to_conversation(
-            "conversation.read", receipt, row.kind, conversation_id,
+            "conversation.read",
+            receipt,
+            row.kind,
+            conversation_id,
             direct_pair(row.direct_key),
         )
         return {"read_seq": read_seq}
@@ -482,8 +558,9 @@ class ChatService:
                 )
             await connection.execute(
                 messages.update()
-                .where(messages.c.conversation_id == conversation_id,
-                       messages.c.seq == seq)
+                .where(
+                    messages.c.conversation_id == conversation_id, messages.c.seq == seq
+                )
                 .values(recalled_at=now, text=None, data=None)
             )
             event = await _append_system(
@@ -491,7 +568,10 @@ class ChatService:
             )
             row = await _conversation(connection, conversation_id)
         self._fanout.to_conversation(
-            "message.new", event, row.kind, conversation_id,
+            "message.new",
+            event,
+            row.kind,
+            conversation_id,
             direct_pair(row.direct_key),
         )
         return {"seq": event["seq"]}
@@ -522,20 +602,31 @@ async def _append_system(
     ).scalar_one()
     await connection.execute(
         messages.insert().values(
-            conversation_id=conversation_id, seq=seq, sender_id=sender_id, kind=kind,
-            data=data, target_seq=target_seq, created_at=now,
+            conversation_id=conversation_id,
+            seq=seq,
+            sender_id=sender_id,
+            kind=kind,
+            data=data,
+            target_seq=target_seq,
+            created_at=now,
         )
     )
     # The actor has seen their own change, as a sender has their own message.
     await connection.execute(
         members.update()
-        .where(members.c.conversation_id == conversation_id,
-               members.c.user_id == sender_id, members.c.read_seq < seq)
+        .where(
+            members.c.conversation_id == conversation_id,
+            members.c.user_id == sender_id,
+            members.c.read_seq < seq,
+        )
         .values(read_seq=seq)
     )
     event: dict[str, Any] = {
-        "conversation_id": conversation_id, "seq": seq, "sender_id": sender_id,
-        "kind": kind, "created_at": now,
+        "conversation_id": conversation_id,
+        "seq": seq,
+        "sender_id": sender_id,
+        "kind": kind,
+        "created_at": now,
     }
     if data is not None:
         event["data"] = data
@@ -575,7 +666,9 @@ async def _membership(connection: Any, conversation_id: int, user_id: int) -> An
     if row is None:
         exists = (
             await connection.execute(
-                sa.select(conversations.c.id).where(conversations.c.id == conversation_id)
+                sa.select(conversations.c.id).where(
+                    conversations.c.id == conversation_id
+                )
             )
         ).first()
         raise _not_member() if exists else NotFound("no such conversation")

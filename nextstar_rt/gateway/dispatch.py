@@ -110,14 +110,23 @@ class Dispatcher:
             # A stored value the encoding cannot carry must not kill the
             # session: the request still gets its one answer.
             logger.exception("result not encodable: method=%s", method)
-            self._error(session, method, request.id,
-                        NextstarError("result could not be encoded"))
+            self._error(
+                session,
+                method,
+                request.id,
+                NextstarError("result could not be encoded"),
+            )
 
     def _error(
-        self, session: Session, method: str, request_id: int | None, error: NextstarError
+        self,
+        session: Session,
+        method: str,
+        request_id: int | None,
+        error: NextstarError,
     ) -> None:
-        self._metrics.errors.labels(method if method in METHOD_PARAMS else "unknown",
-                                    str(error.code)).inc()
+        self._metrics.errors.labels(
+            method if method in METHOD_PARAMS else "unknown", str(error.code)
+        ).inc()
         session.reply_error(request_id, error)
 
     def send_failed(
@@ -129,8 +138,9 @@ class Dispatcher:
     # -- accounts ------------------------------------------------------------
 
     async def request_code(self, session: Session, params: Any) -> Any:
-        return await self._accounts.request_code(params.phone, params.region,
-                                                 session.address)
+        return await self._accounts.request_code(
+            params.phone, params.region, session.address
+        )
 
     async def sign_in(self, session: Session, params: Any) -> Any:
         _require_signed_out(session)
@@ -199,15 +209,19 @@ class Dispatcher:
         )
 
     async def presence_get(self, session: Session, params: Any) -> Any:
-        if params.user_id != session.user_id and not await self._chat.share_conversation(
-            session.user_id, params.user_id
+        if (
+            params.user_id != session.user_id
+            and not await self._chat.share_conversation(session.user_id, params.user_id)
         ):
             raise NextstarError.with_code(
                 ErrorCode.FORBIDDEN, "presence is shown to conversation partners only"
             )
         nodes = await self._hub.presence(params.user_id)
-        return {"user_id": params.user_id, "online": bool(nodes),
-                "devices": sum(nodes.values())}
+        return {
+            "user_id": params.user_id,
+            "online": bool(nodes),
+            "devices": sum(nodes.values()),
+        }
 
     # -- conversations ---------------------------------------------------------
 
@@ -226,41 +240,48 @@ class Dispatcher:
         )
 
     async def group_rename(self, session: Session, params: Any) -> Any:
-        seq = await self._chat.rename(session.user_id, params.conversation_id,
-                                      params.title)
+        seq = await self._chat.rename(
+            session.user_id, params.conversation_id, params.title
+        )
         return {"seq": seq}
 
     async def group_add(self, session: Session, params: Any) -> Any:
-        seq = await self._chat.add_members(session.user_id, params.conversation_id,
-                                           list(params.user_ids))
+        seq = await self._chat.add_members(
+            session.user_id, params.conversation_id, list(params.user_ids)
+        )
         return {"seq": seq}
 
     async def group_remove(self, session: Session, params: Any) -> Any:
-        seq = await self._chat.remove_member(session.user_id, params.conversation_id,
-                                             params.user_id)
+        seq = await self._chat.remove_member(
+            session.user_id, params.conversation_id, params.user_id
+        )
         return {"seq": seq}
 
     async def group_leave(self, session: Session, params: Any) -> Any:
         return {"seq": await self._chat.leave(session.user_id, params.conversation_id)}
 
     async def group_members(self, session: Session, params: Any) -> Any:
-        members = await self._chat.group_members(session.user_id,
-                                                 params.conversation_id)
+        members = await self._chat.group_members(
+            session.user_id, params.conversation_id
+        )
         return {"members": members}
 
     # -- messages ----------------------------------------------------------------
 
     async def message_history(self, session: Session, params: Any) -> Any:
-        return await self._chat.history(session.user_id, params.conversation_id,
-                                        params.before_seq, params.limit)
+        return await self._chat.history(
+            session.user_id, params.conversation_id, params.before_seq, params.limit
+        )
 
     async def message_recall(self, session: Session, params: Any) -> Any:
-        return await self._chat.recall(session.user_id, params.conversation_id,
-                                       params.seq)
+        return await self._chat.recall(
+            session.user_id, params.conversation_id, params.seq
+        )
 
     async def message_read(self, session: Session, params: Any) -> Any:
-        return await self._chat.mark_read(session.user_id, params.conversation_id,
-                                          params.seq)
+        return await self._chat.mark_read(
+            session.user_id, params.conversation_id, params.seq
+        )
 
     async def sync(self, session: Session, params: Any) -> Any:
         cursors = {c.conversation_id: c.seq for c in params.cursors}
@@ -275,4 +296,3 @@ def _require_signed_out(session: Session) -> None:
         raise NextstarError.with_code(
             ErrorCode.ALREADY_AUTHENTICATED, "this session is signed in already"
         )
-

@@ -156,7 +156,9 @@ class Hub:
             revoked = args.get("session_ids")
             for session in sessions:
                 if revoked is None or session.session_id in revoked:
-                    session.close(CloseCode.SESSION_REVOKED, args.get("reason", "revoked"))
+                    session.close(
+                        CloseCode.SESSION_REVOKED, args.get("reason", "revoked")
+                    )
             return
         event = args.get("event")
         frame = event_frame("message.new", event) if event is not None else None

@@ -108,27 +108,39 @@ class Gateway:
             ready, detail = await self._readiness()
             lines = "".join(f"{key}: {value}\n" for key, value in detail.items())
             status = 200 if ready and not self.draining else 503
-            return connection.respond(status, ("ready\n" if status == 200
-                                               else "not ready\n") + lines)
+            return connection.respond(
+                status, ("ready\n" if status == 200 else "not ready\n") + lines
+            )
         if path == "/metrics":
             body = self._metrics.render()
-            return Response(200, "OK", Headers({
-                "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
-                "Content-Length": str(len(body)),
-            }), body)
+            return Response(
+                200,
+                "OK",
+                Headers(
+                    {
+                        "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
+                        "Content-Length": str(len(body)),
+                    }
+                ),
+                body,
+            )
         return connection.respond(404, "not found\n")
 
     async def _handle(self, connection: ServerConnection) -> None:
         encoding = (
-            Encoding(connection.subprotocol) if connection.subprotocol
+            Encoding(connection.subprotocol)
+            if connection.subprotocol
             else Encoding.JSON
         )
         settings = self._settings
         session = Session(
-            connection, encoding,
-            rate=settings.rate_per_second, burst=settings.rate_burst,
+            connection,
+            encoding,
+            rate=settings.rate_per_second,
+            burst=settings.rate_burst,
             buffer_limit=settings.send_buffer_bytes,
-            grace=settings.slow_consumer_grace, metrics=self._metrics,
+            grace=settings.slow_consumer_grace,
+            metrics=self._metrics,
         )
         session.deadline = asyncio.get_running_loop().call_later(
             settings.sign_in_deadline, _sign_in_deadline, session
@@ -163,15 +175,22 @@ class Gateway:
 
         wait = session.bucket.take()
         if wait:
-            session.reply_error(request.id, NextstarError.with_code(
-                ErrorCode.RATE_LIMITED, "too many requests",
-                {"retry_after": round(wait, 3)},
-            ))
+            session.reply_error(
+                request.id,
+                NextstarError.with_code(
+                    ErrorCode.RATE_LIMITED,
+                    "too many requests",
+                    {"retry_after": round(wait, 3)},
+                ),
+            )
             return
         if self.draining:
-            session.reply_error(request.id, NextstarError.with_code(
-                ErrorCode.UNAVAILABLE, "server shutting down; reconnect"
-            ))
+            session.reply_error(
+                request.id,
+                NextstarError.with_code(
+                    ErrorCode.UNAVAILABLE, "server shutting down; reconnect"
+                ),
+            )
             return
         await self._dispatcher.dispatch(session, request)
 

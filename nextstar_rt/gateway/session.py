@@ -9,7 +9,14 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..wire.codec import Encoding, encode, error_frame, event_frame, result_frame, ws_frame
+from ..wire.codec import (
+    Encoding,
+    encode,
+    error_frame,
+    event_frame,
+    result_frame,
+    ws_frame,
+)
 from ..wire.errors import CloseCode, NextstarError
 
 if TYPE_CHECKING:
@@ -63,10 +70,26 @@ class Session:
     """
 
     __slots__ = (
-        "id", "connection", "transport", "encoding", "address", "user_id",
-        "session_id", "groups", "bucket", "bad_frames", "last_received",
-        "buffer_limit", "grace", "overflowed", "is_open", "deadline", "metrics",
-        "pending", "loop", "__weakref__",
+        "id",
+        "connection",
+        "transport",
+        "encoding",
+        "address",
+        "user_id",
+        "session_id",
+        "groups",
+        "bucket",
+        "bad_frames",
+        "last_received",
+        "buffer_limit",
+        "grace",
+        "overflowed",
+        "is_open",
+        "deadline",
+        "metrics",
+        "pending",
+        "loop",
+        "__weakref__",
     )
 
     def __init__(

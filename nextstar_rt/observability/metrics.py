@@ -27,22 +27,38 @@ class Metrics:
             "nextstar_connections", "Open WebSocket sessions.", registry=registry
         )
         self.signed_in = Gauge(
-            "nextstar_sessions_signed_in", "Sessions that have signed in.",
+            "nextstar_sessions_signed_in",
+            "Sessions that have signed in.",
             registry=registry,
         )
         self.errors = Counter(
-            "nextstar_errors", "Error replies, by method and code.",
-            ["method", "code"], registry=registry,
+            "nextstar_errors",
+            "Error replies, by method and code.",
+            ["method", "code"],
+            registry=registry,
         )
         self.delivery_latency = Histogram(
             "nextstar_delivery_latency_seconds",
             "Time from publish to the write to the first local session.",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                     0.5, 1.0, 2.5),
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+            ),
             registry=registry,
         )
         self.slow_consumers = Counter(
-            "nextstar_slow_consumers", "Sessions whose send buffer overflowed.",
+            "nextstar_slow_consumers",
+            "Sessions whose send buffer overflowed.",
             registry=registry,
         )
         self.resyncs = Counter(
@@ -78,11 +94,13 @@ class _HotCounters(Collector):
             requests.add_metric([method], float(count))
         yield requests
         yield CounterMetricFamily(
-            "nextstar_messages_stored", "Messages committed by this node.",
+            "nextstar_messages_stored",
+            "Messages committed by this node.",
             value=float(metrics.messages_stored),
         )
         yield CounterMetricFamily(
-            "nextstar_deliveries", "Frames pushed to local sessions.",
+            "nextstar_deliveries",
+            "Frames pushed to local sessions.",
             value=float(metrics.deliveries),
         )
 
@@ -97,7 +115,11 @@ class BrokerCollector(Collector):
     _COUNTERS = (
         ("published", "nextstar_broker_published", "Payloads published."),
         ("publish_errors", "nextstar_broker_publish_errors", "Publishes that failed."),
-        ("dropped", "nextstar_broker_dropped", "Payloads dropped while a shard was down."),
+        (
+            "dropped",
+            "nextstar_broker_dropped",
+            "Payloads dropped while a shard was down.",
+        ),
         ("reconnects", "nextstar_broker_reconnects", "Reconnects to the shard."),
     )
     _GAUGES = (

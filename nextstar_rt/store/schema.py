@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["metadata", "users", "sms_codes", "sms_sends", "sessions",
-           "conversations", "members", "messages", "direct_pair"]
+__all__ = [
+    "metadata",
+    "users",
+    "sms_codes",
+    "sms_sends",
+    "sessions",
+    "conversations",
+    "members",
+    "messages",
+    "direct_pair",
+]
 
 metadata = sa.MetaData()
 
@@ -28,13 +37,13 @@ users = sa.Table(
     sa.Column("gender", sa.String(16), nullable=False, server_default="unspecified"),
     sa.Column("birthday", sa.String(10)),
     sa.Column("region", sa.String(64)),
-    sa.Column("verification", sa.String(16), nullable=False,
-              server_default="unverified"),
+    sa.Column(
+        "verification", sa.String(16), nullable=False, server_default="unverified"
+    ),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("deleted_at", sa.BigInteger),
     # Handles are unique regardless of case: "Alice_1" blocks "alice_1".
-    sa.Index("ix_users_handle_lower", sa.func.lower(sa.column("handle")),
-             unique=True),
+    sa.Index("ix_users_handle_lower", sa.func.lower(sa.column("handle")), unique=True),
 )
 
 sms_codes = sa.Table(
@@ -88,8 +97,12 @@ conversations = sa.Table(
 members = sa.Table(
     "members",
     metadata,
-    sa.Column("conversation_id", sa.BigInteger, sa.ForeignKey("conversations.id"),
-              primary_key=True),
+    sa.Column(
+        "conversation_id",
+        sa.BigInteger,
+        sa.ForeignKey("conversations.id"),
+        primary_key=True,
+    ),
     sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"), primary_key=True),
     sa.Column("role", sa.String(16), nullable=False, server_default="member"),
     sa.Column("read_seq", sa.BigInteger, nullable=False, server_default="0"),
@@ -102,8 +115,12 @@ members = sa.Table(
 messages = sa.Table(
     "messages",
     metadata,
-    sa.Column("conversation_id", sa.BigInteger, sa.ForeignKey("conversations.id"),
-              primary_key=True),
+    sa.Column(
+        "conversation_id",
+        sa.BigInteger,
+        sa.ForeignKey("conversations.id"),
+        primary_key=True,
+    ),
     sa.Column("seq", sa.BigInteger, primary_key=True),
     sa.Column("sender_id", sa.BigInteger, nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),
@@ -114,8 +131,9 @@ messages = sa.Table(
     sa.Column("target_seq", sa.BigInteger),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("recalled_at", sa.BigInteger),
-    sa.UniqueConstraint("conversation_id", "sender_id", "client_msg_id",
-                        name="uq_messages_client_msg"),
+    sa.UniqueConstraint(
+        "conversation_id", "sender_id", "client_msg_id", name="uq_messages_client_msg"
+    ),
 )
 
 

@@ -345,9 +345,11 @@ def _store_batch(
             continue
         kind, direct = row[1], direct_pair(row[3])
         if (append.conversation_id, append.sender_id) not in membership:
-            outcomes.append(NextstarError.with_code(
-                ErrorCode.NOT_MEMBER, "not a member of this conversation"
-            ))
+            outcomes.append(
+                NextstarError.with_code(
+                    ErrorCode.NOT_MEMBER, "not a member of this conversation"
+                )
+            )
             continue
         key = (append.conversation_id, append.sender_id, append.client_msg_id)
         if append.client_msg_id is not None and key in earlier:
@@ -359,25 +361,37 @@ def _store_batch(
         if append.client_msg_id is not None:
             earlier[key] = (seq, created_at)  # a retry inside this batch
         data = None if append.data is None else _json(append.data)
-        inserts.append((
-            append.conversation_id, seq, append.sender_id, append.kind,
-            append.text, data, append.client_msg_id, created_at,
-        ))
-        outcomes.append(Stored(append.conversation_id, seq, created_at, False, kind,
-                               direct))
+        inserts.append(
+            (
+                append.conversation_id,
+                seq,
+                append.sender_id,
+                append.kind,
+                append.text,
+                data,
+                append.client_msg_id,
+                created_at,
+            )
+        )
+        outcomes.append(
+            Stored(append.conversation_id, seq, created_at, False, kind, direct)
+        )
 
     if inserts:
         cursor.many(sql.insert, inserts)
-        cursor.many(sql.last_seq, [
-            (seq, created_at, cid)
-            for cid, seq in last_seq.items()
-            if seq != conversation[cid][2]
-        ])
+        cursor.many(
+            sql.last_seq,
+            [
+                (seq, created_at, cid)
+                for cid, seq in last_seq.items()
+                if seq != conversation[cid][2]
+            ],
+        )
         # A sender has read everything up to their own newest message.
         newest = {(row[0], row[2]): row[1] for row in inserts}
-        cursor.many(sql.read_seq, [
-            (seq, cid, user, seq) for (cid, user), seq in newest.items()
-        ])
+        cursor.many(
+            sql.read_seq, [(seq, cid, user, seq) for (cid, user), seq in newest.items()]
+        )
     return outcomes
 
 

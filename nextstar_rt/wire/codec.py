@@ -109,11 +109,7 @@ def parse_request(obj: Any) -> Request:
     if obj.get("type") != "req":
         raise ProtocolViolation("type must be 'req'")
     request_id = obj.get("id")
-    if (
-        type(request_id) is not int
-        or request_id < 0
-        or request_id > MAX_REQUEST_ID
-    ):
+    if type(request_id) is not int or request_id < 0 or request_id > MAX_REQUEST_ID:
         raise ProtocolViolation("id must be an integer from 0 to 2^53-1")
     method = obj.get("method")
     if type(method) is not str or not method or len(method) > _METHOD_MAX:

@@ -56,7 +56,9 @@ class ProfileGet(Params):
 
 class ProfileUpdate(Params):
     nickname: Annotated[str, Field(min_length=1, max_length=32)] | None = None
-    avatar_url: Annotated[str, Field(max_length=512, pattern=r"^https?://")] | None = None
+    avatar_url: Annotated[str, Field(max_length=512, pattern=r"^https?://")] | None = (
+        None
+    )
     gender: Literal["female", "male", "other", "unspecified"] | None = None
     birthday: Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}$")] | None = None
     region: Annotated[str, Field(min_length=1, max_length=64)] | None = None

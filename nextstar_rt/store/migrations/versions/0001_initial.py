@@ -24,17 +24,20 @@ def upgrade() -> None:
         sa.Column("handle", sa.String(20)),
         sa.Column("nickname", sa.String(32)),
         sa.Column("avatar_url", sa.String(512)),
-        sa.Column("gender", sa.String(16), nullable=False,
-                  server_default="unspecified"),
+        sa.Column(
+            "gender", sa.String(16), nullable=False, server_default="unspecified"
+        ),
         sa.Column("birthday", sa.String(10)),
         sa.Column("region", sa.String(64)),
-        sa.Column("verification", sa.String(16), nullable=False,
-                  server_default="unverified"),
+        sa.Column(
+            "verification", sa.String(16), nullable=False, server_default="unverified"
+        ),
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("deleted_at", sa.BigInteger),
     )
-    op.create_index("ix_users_handle_lower", "users", [sa.text("lower(handle)")],
-                    unique=True)
+    op.create_index(
+        "ix_users_handle_lower", "users", [sa.text("lower(handle)")], unique=True
+    )
     op.create_table(
         "sms_codes",
         sa.Column("phone", sa.String(20), primary_key=True),
@@ -55,8 +58,7 @@ def upgrade() -> None:
     op.create_table(
         "sessions",
         sa.Column("id", BigId, primary_key=True, autoincrement=True),
-        sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"),
-                  nullable=False),
+        sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
         sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
         sa.Column("device_name", sa.String(64), nullable=False),
         sa.Column("created_at", sa.BigInteger, nullable=False),
@@ -77,10 +79,15 @@ def upgrade() -> None:
     )
     op.create_table(
         "members",
-        sa.Column("conversation_id", sa.BigInteger,
-                  sa.ForeignKey("conversations.id"), primary_key=True),
-        sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"),
-                  primary_key=True),
+        sa.Column(
+            "conversation_id",
+            sa.BigInteger,
+            sa.ForeignKey("conversations.id"),
+            primary_key=True,
+        ),
+        sa.Column(
+            "user_id", sa.BigInteger, sa.ForeignKey("users.id"), primary_key=True
+        ),
         sa.Column("role", sa.String(16), nullable=False, server_default="member"),
         sa.Column("read_seq", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("joined_seq", sa.BigInteger, nullable=False, server_default="0"),
@@ -89,8 +96,12 @@ def upgrade() -> None:
     op.create_index("ix_members_user", "members", ["user_id"])
     op.create_table(
         "messages",
-        sa.Column("conversation_id", sa.BigInteger,
-                  sa.ForeignKey("conversations.id"), primary_key=True),
+        sa.Column(
+            "conversation_id",
+            sa.BigInteger,
+            sa.ForeignKey("conversations.id"),
+            primary_key=True,
+        ),
         sa.Column("seq", sa.BigInteger, primary_key=True),
         sa.Column("sender_id", sa.BigInteger, nullable=False),
         sa.Column("kind", sa.String(32), nullable=False),
@@ -100,12 +111,23 @@ def upgrade() -> None:
         sa.Column("target_seq", sa.BigInteger),
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("recalled_at", sa.BigInteger),
-        sa.UniqueConstraint("conversation_id", "sender_id", "client_msg_id",
-                            name="uq_messages_client_msg"),
+        sa.UniqueConstraint(
+            "conversation_id",
+            "sender_id",
+            "client_msg_id",
+            name="uq_messages_client_msg",
+        ),
     )
 
 
 def downgrade() -> None:
-    for table in ("messages", "members", "conversations", "sessions",
-                  "sms_sends", "sms_codes", "users"):
+    for table in (
+        "messages",
+        "members",
+        "conversations",
+        "sessions",
+        "sms_sends",
+        "sms_codes",
+        "users",
+    ):
         op.drop_table(table)
