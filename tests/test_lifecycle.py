@@ -200,3 +200,12 @@ async def test_everything_acked_before_sigterm_is_stored(tmp_path):
     # Sends that got no answer may or may not be stored, never twice.
     assert len(stored) == len(set(stored.values())) <= 2000 - len(refused)
     assert len(acked) + len(refused) + len(lost) == 2000
+
+
+async def test_a_client_keeping_alive_outlasts_the_idle_timeout(servers):
+    server = await servers.start(gateway={"idle_timeout": 1.0})
+    client = await server.sign_in()
+    client.keep_alive(0.3)
+    await asyncio.sleep(2.5)
+    assert client.closed is None
+    assert "time" in await client.call("ping")

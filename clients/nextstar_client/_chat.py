@@ -209,6 +209,7 @@ class ChatRoom:
 
     async def _converse(self, client: Client, caught_up: bool) -> None:
         """Serve one connection until the user quits; raise Disconnected."""
+        client.keep_alive()  # a chat may listen for longer than the idle timeout
         if not caught_up:
             await self._catch_up(client)
         await self._send_unsent(client)

@@ -55,6 +55,7 @@ class Client:
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._reader = asyncio.get_running_loop().create_task(self._read())
         self.closed: Disconnected | None = None
+        self._keepalive: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(
@@ -69,7 +70,29 @@ class Client:
         )
         return cls(connection, encoding)
 
+    def keep_alive(self, interval: float = 60.0) -> None:
+        """Send ``ping`` every ``interval`` seconds while the connection is open.
+
+        The server closes a connection that sends no frame for its idle
+        timeout (600 s by default, close code 4002); WebSocket pings do not
+        count, so a client that only listens needs this.
+        """
+        if self._keepalive is None:
+            self._keepalive = asyncio.get_running_loop().create_task(
+                self._ping_every(interval)
+            )
+
+    async def _ping_every(self, interval: float) -> None:
+        while self.closed is None:
+            await asyncio.sleep(interval)
+            try:
+                await self.call("ping")
+            except (ClientError, Disconnected):
+                return
+
     async def close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         await self.connection.close()
         await asyncio.gather(self._reader, return_exceptions=True)
 
