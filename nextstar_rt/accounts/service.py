@@ -30,6 +30,7 @@ __all__ = ["AccountService", "SignedIn", "hash_token"]
 logger = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
+LAST_SEEN_PRECISION_MS = 300_000
 CODE_DIGITS = 6
 
 _PROFILE_COLUMNS = (
@@ -233,10 +234,12 @@ class AccountService:
                 revoked, or its account deleted.
         """
         now = now_ms()
-        async with self._database.write() as connection:
+        async with self._database.read() as connection:
             row = (
                 await connection.execute(
-                    sa.select(sessions.c.id, sessions.c.user_id).where(
+                    sa.select(
+                        sessions.c.id, sessions.c.user_id, sessions.c.last_seen_at
+                    ).where(
                         sessions.c.token_hash == hash_token(token),
                         sessions.c.revoked_at.is_(None),
                     )
@@ -246,12 +249,17 @@ class AccountService:
                 raise Unauthenticated.with_code(
                     ErrorCode.TOKEN_INVALID, "token is unknown or revoked"
                 )
-            await connection.execute(
-                sessions.update()
-                .where(sessions.c.id == row.id)
-                .values(last_seen_at=now)
-            )
             profile = await _load_profile(connection, row.user_id)
+        # "Last seen" is kept to the nearest few minutes: a write (and, on
+        # SQLite, a synced commit) per reconnect would make a reconnect storm
+        # queue on the store.
+        if now - row.last_seen_at > LAST_SEEN_PRECISION_MS:
+            async with self._database.write() as connection:
+                await connection.execute(
+                    sessions.update()
+                    .where(sessions.c.id == row.id)
+                    .values(last_seen_at=now)
+                )
         return SignedIn(row.user_id, row.id), {
             "session_id": row.id,
             "user": _profile_view(profile, own=True),
