@@ -126,8 +126,13 @@ class App:
             pool_size=settings.store.pool_size,
             max_overflow=settings.store.max_overflow,
             statement_timeout_ms=settings.store.statement_timeout_ms,
+            sqlite_synchronous=settings.store.sqlite_synchronous,
         )
-        self.writer = BatchWriter(self.database, settings.store.batch_max)
+        self.writer = BatchWriter(
+            self.database,
+            settings.store.batch_max,
+            commit_delay=settings.store.commit_delay_ms / 1000,
+        )
         self.fanout = Fanout(self.broker)
         self.hooks = HookPipeline(
             pre_send=[BlockedWordsHook(settings.hooks.blocked_words)]

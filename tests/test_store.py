@@ -144,3 +144,28 @@ async def test_nodes_migrating_at_once_do_not_collide(postgres_url):
     finally:
         for database in databases:
             await database.close()
+
+
+async def test_a_commit_delay_gathers_sends_that_arrive_apart(database):
+    cid = await _conversation_with(database, [1, 2])
+    writer = BatchWriter(database, batch_max=256, commit_delay=0.05)
+    writer.start()
+    futures = []
+    for i in range(5):  # five sends spread over 10 ms
+        futures.append(writer.submit(Append(cid, 1, "text", f"m{i}", None, f"s{i}")))
+        await asyncio.sleep(0.002)
+    stored = await asyncio.gather(*futures)
+    await writer.close()
+    assert [s.seq for s in stored] == [1, 2, 3, 4, 5]
+    assert writer.batches == 1
+
+
+async def test_normal_synchronous_mode_is_applied(tmp_path):
+    database = Database(f"sqlite+aiosqlite:///{tmp_path}/n.db",
+                        sqlite_synchronous="normal")
+    try:
+        async with database.read() as connection:
+            mode = (await connection.exec_driver_sql("PRAGMA synchronous")).scalar()
+        assert mode == 1  # NORMAL; FULL is 2
+    finally:
+        await database.close()

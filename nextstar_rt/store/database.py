@@ -42,8 +42,10 @@ class Database:
         pool_size: int = 10,
         max_overflow: int = 10,
         statement_timeout_ms: int = 5000,
+        sqlite_synchronous: str = "full",
     ) -> None:
         self.url = sa.make_url(url)
+        self.sqlite_synchronous = sqlite_synchronous.upper()
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.engine = self._create_engine(pool_size, max_overflow, statement_timeout_ms)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -56,7 +58,12 @@ class Database:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(self.url, connect_args={"timeout": 30})
-            sa.event.listen(engine.sync_engine, "connect", sqlite_pragmas)
+            sa.event.listen(
+                engine.sync_engine, "connect",
+                lambda connection, _record: sqlite_pragmas(
+                    connection, self.sqlite_synchronous
+                ),
+            )
             return engine
         connect_args = {}
         if statement_timeout_ms:
@@ -123,13 +130,15 @@ class Database:
         await self.engine.dispose()
 
 
-def sqlite_pragmas(dbapi_connection: Any, _record: Any = None) -> None:
+def sqlite_pragmas(dbapi_connection: Any, synchronous: str = "FULL") -> None:
     """Set the pragmas every SQLite connection of the server uses."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     # FULL syncs the WAL on every commit: an ack survives power loss, not only
     # a crash. Group commit amortises the fsync over a batch of messages.
-    cursor.execute("PRAGMA synchronous=FULL")
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"unsupported synchronous mode: {synchronous}")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()

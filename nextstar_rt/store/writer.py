@@ -68,11 +68,16 @@ class BatchWriter:
     Args:
         database: The store.
         batch_max: Most appends in one transaction.
+        commit_delay: Seconds to wait for more appends before committing a
+            batch smaller than ``batch_max / 8``.
     """
 
-    def __init__(self, database: Database, batch_max: int = 256) -> None:
+    def __init__(
+        self, database: Database, batch_max: int = 256, commit_delay: float = 0.0
+    ) -> None:
         self._database = database
         self._batch_max = batch_max
+        self._commit_delay = commit_delay
         self._sql = _Sql(dollar=not database.is_sqlite)
         self._sqlite = _SqliteThread(database) if database.is_sqlite else None
         self._pending: deque[Append] = deque()
@@ -116,6 +121,13 @@ class BatchWriter:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if (
+                self._commit_delay
+                and not self._closing
+                and len(self._pending) < self._batch_max // 8
+            ):
+                # A small batch: give the next few sends a moment to join it.
+                await asyncio.sleep(self._commit_delay)
             while self._pending:
                 batch = [
                     self._pending.popleft()
@@ -215,7 +227,7 @@ class _SqliteThread:
             connection = self._connection = sqlite3.connect(
                 self._database.url.database, isolation_level=None, timeout=30
             )
-            sqlite_pragmas(connection, None)
+            sqlite_pragmas(connection, self._database.sqlite_synchronous)
         connection.execute("BEGIN IMMEDIATE")
         try:
             outcomes = store(_SqliteCursor(connection))
