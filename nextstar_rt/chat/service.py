@@ -127,17 +127,28 @@ class ChatService:
             ).all()
             return [await self._view(connection, user_id, row) for row in rows]
 
-    async def _view(self, connection: Any, user_id: int, row: Any) -> dict[str, Any]:
-        member_rows = (
-            await connection.execute(
-                sa.select(
-                    members.c.user_id,
-                    members.c.role,
-                    members.c.read_seq,
-                    members.c.joined_seq,
-                ).where(members.c.conversation_id == row.id)
-            )
-        ).all()
+    async def _view(
+        self, connection: Any, user_id: int, row: Any, last: Any = None
+    ) -> dict[str, Any]:
+        """Return the wire form of conversation ``row`` as ``user_id`` sees it.
+
+        ``last`` is the conversation's newest message when the caller has it.
+        Only the user's own member row (and, for a direct conversation, the
+        peer's) is read, with a count of the rest: a 500-member group costs
+        the same as a pair.
+        """
+        count = (
+            sa.select(sa.func.count())
+            .where(members.c.conversation_id == row.id)
+            .scalar_subquery()
+        )
+        query = sa.select(
+            members.c.user_id, members.c.read_seq, members.c.joined_seq, count
+        ).where(members.c.conversation_id == row.id)
+        if row.kind != "direct":
+            query = query.where(members.c.user_id == user_id)
+        member_rows = (await connection.execute(query)).all()
+        member_count = member_rows[0][3] if member_rows else 0
         own = next((m for m in member_rows if m.user_id == user_id), None)
         read_seq = own.read_seq if own else 0
         view: dict[str, Any] = {
@@ -149,7 +160,7 @@ class ChatService:
             "unread": max(
                 0, row.last_seq - max(read_seq, own.joined_seq if own else 0)
             ),
-            "member_count": len(member_rows),
+            "member_count": member_count,
             "updated_at": row.updated_at,
             "last_message": None,
         }
@@ -159,7 +170,9 @@ class ChatService:
             view["peer_read_seq"] = peer.read_seq if peer else 0
         else:
             view["owner_id"] = row.owner_id
-        if row.last_seq > (own.joined_seq if own else 0):
+        if last is not None and last.seq == row.last_seq:
+            view["last_message"] = message_view(last)
+        elif row.last_seq > (own.joined_seq if own else 0):
             last = (
                 await connection.execute(
                     sa.select(messages).where(
@@ -476,7 +489,9 @@ class ChatService:
                         .limit(limit + 1)
                     )
                 ).all()
-                entry = await self._view(connection, user_id, row)
+                entry = await self._view(
+                    connection, user_id, row, page[-1] if page else None
+                )
                 entry["messages"] = [message_view(m) for m in page[:limit]]
                 entry["has_more"] = len(page) > limit
                 changed.append(entry)
