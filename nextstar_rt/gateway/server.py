@@ -70,6 +70,10 @@ class Gateway:
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
             server_header=None,
+            # asyncio's default listen backlog of 100 overflows when thousands
+            # of clients reconnect at once, and each overflow costs the client
+            # a SYN retry of one to three seconds.
+            backlog=server_options.pop("backlog", 4096),
             **server_options,
         )
         if settings.idle_timeout:
