@@ -32,35 +32,34 @@ class Hub:
         self._broker = broker
         self._registry = registry
         self._metrics = metrics
-        self.by_user: dict[int, set[Session]] = {}
-        self.by_conversation: dict[int, set[Session]] = {}
+        # Local sessions by the channel that feeds them: ``u:<user>`` for
+        # every signed-in session, ``c:<conversation>`` for group members.
+        self.by_channel: dict[str, set[Session]] = {}
         self._last_payload: bytes | None = None
         self._last_message: list[Any] = []
         self._last_frames: list[bytes | None] = []
         broker.bind(self.deliver, self.resync)
 
-    @property
-    def session_count(self) -> int:
-        return sum(len(s) for s in self.by_user.values())
-
     async def attach(self, session: Session, group_ids: Iterable[int]) -> None:
         """Register a signed-in session and subscribe what it needs."""
-        sessions = self.by_user.setdefault(session.user_id, set())
+        channel = user_channel(session.user_id)
+        sessions = self.by_channel.setdefault(channel, set())
         sessions.add(session)
         if len(sessions) == 1:
-            await self._broker.subscribe(user_channel(session.user_id))
+            await self._broker.subscribe(channel)
         for conversation_id in group_ids:
             await self._join(session, conversation_id)
         await self._set_presence(session.user_id, len(sessions))
 
     async def detach(self, session: Session) -> None:
-        sessions = self.by_user.get(session.user_id)
+        channel = user_channel(session.user_id)
+        sessions = self.by_channel.get(channel)
         if sessions is None or session not in sessions:
             return
         sessions.discard(session)
         if not sessions:
-            del self.by_user[session.user_id]
-            await self._broker.unsubscribe(user_channel(session.user_id))
+            del self.by_channel[channel]
+            await self._broker.unsubscribe(channel)
         for conversation_id in list(session.groups):
             await self._leave(session, conversation_id)
         await self._set_presence(session.user_id, len(sessions))
@@ -88,29 +87,27 @@ class Hub:
     def _join_locally(self, session: Session, conversation_id: int) -> bool:
         """Add the session to the group; True if the node must subscribe."""
         session.groups.add(conversation_id)
-        members = self.by_conversation.setdefault(conversation_id, set())
+        members = self.by_channel.setdefault(
+            conversation_channel(conversation_id), set()
+        )
         members.add(session)
         return len(members) == 1
 
     def _leave_locally(self, session: Session, conversation_id: int) -> bool:
         """Drop the session from the group; True if the node must unsubscribe."""
         session.groups.discard(conversation_id)
-        members = self.by_conversation.get(conversation_id)
+        channel = conversation_channel(conversation_id)
+        members = self.by_channel.get(channel)
         if members is None:
             return False
         members.discard(session)
         if members:
             return False
-        del self.by_conversation[conversation_id]
+        del self.by_channel[channel]
         return True
 
     def _sessions(self, channel: str) -> set[Session] | None:
-        kind, _, ident = channel.partition(":")
-        if kind == "u":
-            return self.by_user.get(int(ident))
-        if kind == "c":
-            return self.by_conversation.get(int(ident))
-        return None
+        return self.by_channel.get(channel)
 
     def deliver(self, channel: str, payload: bytes) -> None:
         """Write one published event to every local session on ``channel``."""
@@ -189,9 +186,6 @@ class Hub:
         if told:
             self._metrics.resyncs.inc(len(told))
             logger.info("resync sent to %d sessions", len(told))
-
-    def all_sessions(self) -> list[Session]:
-        return [s for sessions in self.by_user.values() for s in sessions]
 
 
 _background: set[Any] = set()
