@@ -225,7 +225,10 @@ class _SqliteThread:
         connection = self._connection
         if connection is None:
             connection = self._connection = sqlite3.connect(
-                self._database.url.database, isolation_level=None, timeout=30
+                self._database.url.database,
+                isolation_level=None,
+                timeout=30,
+                cached_statements=256,
             )
             sqlite_pragmas(connection, self._database.sqlite_synchronous)
         connection.execute("BEGIN IMMEDIATE")
@@ -331,6 +334,7 @@ def _store_batch(
     # Lock the conversations and learn which senders are members.
     ids = sorted({append.conversation_id for append in batch})
     senders = sorted({append.sender_id for append in batch})
+    ids, senders = _padded(ids), _padded(senders)
     rows = cursor.rows(sql.lock(len(ids), len(senders)), [*senders, *ids])
     conversation = {row[0]: row for row in rows}
     last_seq = {row[0]: row[2] for row in rows}
@@ -344,6 +348,7 @@ def _store_batch(
     ]
     earlier: dict[tuple[int, int, str], tuple[int, int]] = {}
     if keys:
+        keys = _padded(keys)
         flat = [value for key in keys for value in key]
         found = cursor.rows(sql.earlier_copies(len(keys)), flat)
         earlier = {(r[0], r[1], r[2]): (r[3], r[4]) for r in found}
@@ -405,6 +410,18 @@ def _store_batch(
             sql.read_seq, [(seq, cid, user, seq) for (cid, user), seq in newest.items()]
         )
     return outcomes
+
+
+def _padded(values: list[Any]) -> list[Any]:
+    """Repeat the last value up to the next power of two.
+
+    The statements whose lists vary in length are prepared once per length;
+    padding keeps that to a handful of shapes, which stay in the driver's
+    statement cache instead of being parsed again for every batch. Repeated
+    values change no result: they are ``IN`` members or duplicate join keys.
+    """
+    size = 1 << max(0, len(values) - 1).bit_length()
+    return values + [values[-1]] * (size - len(values)) if values else values
 
 
 _json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
