@@ -132,6 +132,7 @@ class App:
             self.database,
             settings.store.batch_max,
             commit_delay=settings.store.commit_delay_ms / 1000,
+            sqlite_inline=settings.store.sqlite_writer == "inline",
         )
         self.fanout = Fanout(self.broker)
         self.hooks = HookPipeline(

@@ -67,6 +67,9 @@ class StoreSettings(_Section):
     # every commit); "normal": it survives a crash of the server process,
     # but the last commits may be lost if the machine loses power.
     sqlite_synchronous: Literal["full", "normal"] = "full"
+    # "inline": SQLite batches commit on the event loop (cheaper: no GIL
+    # hand-over); "thread": in a thread of their own (the loop never blocks).
+    sqlite_writer: Literal["inline", "thread"] = "inline"
     migrate_on_start: bool = True
 
 

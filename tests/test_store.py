@@ -64,9 +64,12 @@ async def _conversation_with(database, user_ids):
     return cid
 
 
-async def test_concurrent_appends_share_one_commit_and_get_gap_free_seqs(database):
+@pytest.mark.parametrize("inline", [True, False])
+async def test_concurrent_appends_share_one_commit_and_get_gap_free_seqs(
+    database, inline
+):
     cid = await _conversation_with(database, [1, 2])
-    writer = BatchWriter(database, batch_max=500)
+    writer = BatchWriter(database, batch_max=500, sqlite_inline=inline)
     writer.start()
     futures = [
         writer.submit(Append(cid, 1 + i % 2, "text", f"m{i}", None, f"c{i}"))
@@ -161,8 +164,9 @@ async def test_a_commit_delay_gathers_sends_that_arrive_apart(database):
 
 
 async def test_normal_synchronous_mode_is_applied(tmp_path):
-    database = Database(f"sqlite+aiosqlite:///{tmp_path}/n.db",
-                        sqlite_synchronous="normal")
+    database = Database(
+        f"sqlite+aiosqlite:///{tmp_path}/n.db", sqlite_synchronous="normal"
+    )
     try:
         async with database.read() as connection:
             mode = (await connection.exec_driver_sql("PRAGMA synchronous")).scalar()

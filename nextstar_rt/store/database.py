@@ -59,7 +59,8 @@ class Database:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(self.url, connect_args={"timeout": 30})
             sa.event.listen(
-                engine.sync_engine, "connect",
+                engine.sync_engine,
+                "connect",
                 lambda connection, _record: sqlite_pragmas(
                     connection, self.sqlite_synchronous
                 ),
