@@ -234,22 +234,27 @@ class AccountService:
                 revoked, or its account deleted.
         """
         now = now_ms()
+        # The session and its user's profile in one round trip: a reconnect
+        # storm is thousands of these at once.
         async with self._database.read() as connection:
             row = (
                 await connection.execute(
                     sa.select(
-                        sessions.c.id, sessions.c.user_id, sessions.c.last_seen_at
-                    ).where(
+                        sessions.c.id.label("session_id"),
+                        sessions.c.last_seen_at,
+                        *_PROFILE_COLUMNS,
+                    )
+                    .join(users, users.c.id == sessions.c.user_id)
+                    .where(
                         sessions.c.token_hash == hash_token(token),
                         sessions.c.revoked_at.is_(None),
                     )
                 )
             ).first()
-            if row is None:
-                raise Unauthenticated.with_code(
-                    ErrorCode.TOKEN_INVALID, "token is unknown or revoked"
-                )
-            profile = await _load_profile(connection, row.user_id)
+        if row is None:
+            raise Unauthenticated.with_code(
+                ErrorCode.TOKEN_INVALID, "token is unknown or revoked"
+            )
         # "Last seen" is kept to the nearest few minutes: a write (and, on
         # SQLite, a synced commit) per reconnect would make a reconnect storm
         # queue on the store.
@@ -257,12 +262,12 @@ class AccountService:
             async with self._database.write() as connection:
                 await connection.execute(
                     sessions.update()
-                    .where(sessions.c.id == row.id)
+                    .where(sessions.c.id == row.session_id)
                     .values(last_seen_at=now)
                 )
-        return SignedIn(row.user_id, row.id), {
-            "session_id": row.id,
-            "user": _profile_view(profile, own=True),
+        return SignedIn(row.id, row.session_id), {
+            "session_id": row.session_id,
+            "user": _profile_view(row, own=True),
         }
 
     async def list_devices(self, user_id: int, current: int) -> list[dict[str, Any]]:

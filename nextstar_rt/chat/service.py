@@ -10,6 +10,7 @@ recalls the same way it learns of new messages, in one order.
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -116,16 +117,12 @@ class ChatService:
 
     async def list(self, user_id: int) -> list[dict[str, Any]]:
         """Return the user's conversations, most recently active first."""
+        query = _listing(user_id).order_by(
+            conversations.c.updated_at.desc(), conversations.c.id
+        )
         async with self._database.read() as connection:
-            rows = (
-                await connection.execute(
-                    sa.select(conversations)
-                    .join(members, members.c.conversation_id == conversations.c.id)
-                    .where(members.c.user_id == user_id)
-                    .order_by(conversations.c.updated_at.desc(), conversations.c.id)
-                )
-            ).all()
-            return [await self._view(connection, user_id, row) for row in rows]
+            rows = (await connection.execute(query)).all()
+        return [_listed_view(row) for row in rows]
 
     async def _view(
         self, connection: Any, user_id: int, row: Any, last: Any = None
@@ -466,14 +463,8 @@ class ChatService:
         seen) in every conversation of the user, up to ``limit`` messages each.
         """
         async with self._database.read() as connection:
-            rows = (
-                await connection.execute(
-                    sa.select(conversations, members.c.joined_seq)
-                    .join(members, members.c.conversation_id == conversations.c.id)
-                    .where(members.c.user_id == user_id)
-                    .order_by(conversations.c.id)
-                )
-            ).all()
+            query = _listing(user_id).order_by(conversations.c.id)
+            rows = (await connection.execute(query)).all()
             changed = []
             for row in rows:
                 since = max(cursors.get(row.id, 0), row.joined_seq)
@@ -489,9 +480,7 @@ class ChatService:
                         .limit(limit + 1)
                     )
                 ).all()
-                entry = await self._view(
-                    connection, user_id, row, page[-1] if page else None
-                )
+                entry = _listed_view(row)
                 entry["messages"] = [message_view(m) for m in page[:limit]]
                 entry["has_more"] = len(page) > limit
                 changed.append(entry)
@@ -593,6 +582,93 @@ class ChatService:
 
 
 # -- helpers ---------------------------------------------------------------
+
+_other = members.alias("other")
+_last = messages.alias("last")
+_LAST_COLUMNS = (
+    "seq",
+    "sender_id",
+    "kind",
+    "text",
+    "data",
+    "client_msg_id",
+    "target_seq",
+    "created_at",
+    "recalled_at",
+)
+
+
+def _listing(user_id: int) -> sa.Select[Any]:
+    """The user's conversations with everything their views need, in one query:
+    the own member row, the member count, the peer of a direct conversation and
+    the newest message, so a list of N conversations costs one round trip."""
+
+    def about_other(column: sa.ColumnElement[Any]) -> sa.ScalarSelect[Any]:
+        return (
+            sa.select(column)
+            .where(
+                _other.c.conversation_id == conversations.c.id,
+                _other.c.user_id != user_id,
+            )
+            .limit(1)
+            .scalar_subquery()
+        )
+
+    member_count = (
+        sa.select(sa.func.count())
+        .select_from(_other)
+        .where(_other.c.conversation_id == conversations.c.id)
+        .scalar_subquery()
+    )
+    return (
+        sa.select(
+            conversations,
+            members.c.read_seq.label("own_read_seq"),
+            members.c.joined_seq,
+            member_count.label("member_count"),
+            about_other(_other.c.user_id).label("peer_id"),
+            about_other(_other.c.read_seq).label("peer_read_seq"),
+            *(_last.c[name].label(f"lm_{name}") for name in _LAST_COLUMNS),
+        )
+        .join(members, members.c.conversation_id == conversations.c.id)
+        .outerjoin(
+            _last,
+            sa.and_(
+                _last.c.conversation_id == conversations.c.id,
+                _last.c.seq == conversations.c.last_seq,
+                _last.c.seq > members.c.joined_seq,
+            ),
+        )
+        .where(members.c.user_id == user_id)
+    )
+
+
+def _listed_view(row: Any) -> dict[str, Any]:
+    """Return the wire form of a conversation from a :func:`_listing` row."""
+    read_seq = row.own_read_seq
+    view: dict[str, Any] = {
+        "conversation_id": row.id,
+        "kind": row.kind,
+        "title": row.title,
+        "last_seq": row.last_seq,
+        "read_seq": read_seq,
+        "unread": max(0, row.last_seq - max(read_seq, row.joined_seq)),
+        "member_count": row.member_count,
+        "updated_at": row.updated_at,
+        "last_message": None,
+    }
+    if row.kind == "direct":
+        view["peer_id"] = row.peer_id
+        view["peer_read_seq"] = row.peer_read_seq or 0
+    else:
+        view["owner_id"] = row.owner_id
+    if row.lm_kind is not None:
+        last = SimpleNamespace(
+            conversation_id=row.id,
+            **{name: getattr(row, f"lm_{name}") for name in _LAST_COLUMNS},
+        )
+        view["last_message"] = message_view(last)
+    return view
 
 
 async def _append_system(
