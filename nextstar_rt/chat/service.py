@@ -80,28 +80,12 @@ class ChatService:
                 await _require_user(connection, peer_id)
                 found = await _conversation_by_key(connection, key)
                 if found is None:
-                    conversation_id = (
-                        await connection.execute(
-                            conversations.insert()
-                            .values(
-                                kind="direct",
-                                direct_key=key,
-                                created_at=now,
-                                updated_at=now,
-                            )
-                            .returning(conversations.c.id)
-                        )
-                    ).scalar_one()
-                    await connection.execute(
-                        members.insert(),
-                        [
-                            {
-                                "conversation_id": conversation_id,
-                                "user_id": u,
-                                "joined_at": now,
-                            }
-                            for u in (low, high)
-                        ],
+                    await _create_conversation(
+                        connection,
+                        [(low, "member"), (high, "member")],
+                        now,
+                        kind="direct",
+                        direct_key=key,
                     )
         except sa.exc.IntegrityError:
             pass  # created concurrently by the peer; read it below
@@ -194,38 +178,13 @@ class ChatService:
         now = now_ms()
         async with self._database.write() as connection:
             await _require_users(connection, invited)
-            conversation_id = (
-                await connection.execute(
-                    conversations.insert()
-                    .values(
-                        kind="group",
-                        title=title,
-                        owner_id=owner_id,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    .returning(conversations.c.id)
-                )
-            ).scalar_one()
-            await connection.execute(
-                members.insert(),
-                [
-                    {
-                        "conversation_id": conversation_id,
-                        "user_id": owner_id,
-                        "role": "owner",
-                        "joined_at": now,
-                    }
-                ]
-                + [
-                    {
-                        "conversation_id": conversation_id,
-                        "user_id": u,
-                        "role": "member",
-                        "joined_at": now,
-                    }
-                    for u in invited
-                ],
+            conversation_id = await _create_conversation(
+                connection,
+                [(owner_id, "owner")] + [(user, "member") for user in invited],
+                now,
+                kind="group",
+                title=title,
+                owner_id=owner_id,
             )
             event = await _append_system(
                 connection,
@@ -724,6 +683,32 @@ async def _append_system(
     if target_seq is not None:
         event["target_seq"] = target_seq
     return event
+
+
+async def _create_conversation(
+    connection: Any, roles: list[tuple[int, str]], now: int, **values: Any
+) -> int:
+    """Insert a conversation with its members (user id, role); return its id."""
+    conversation_id = (
+        await connection.execute(
+            conversations.insert()
+            .values(created_at=now, updated_at=now, **values)
+            .returning(conversations.c.id)
+        )
+    ).scalar_one()
+    await connection.execute(
+        members.insert(),
+        [
+            {
+                "conversation_id": conversation_id,
+                "user_id": user,
+                "role": role,
+                "joined_at": now,
+            }
+            for user, role in roles
+        ],
+    )
+    return conversation_id
 
 
 async def _conversation(connection: Any, conversation_id: int) -> Any:
