@@ -341,7 +341,7 @@ def test_message_kinds_the_server_stores_are_the_documented_ones():
 def test_resync_reasons_the_server_sends_are_the_documented_ones():
     reasons = set()
     for tree in _source_trees():
-        for call in _calls(tree, {"send_event"}):
+        for call in _calls(tree, {"send_event", "event_frame"}):
             if (
                 call.args
                 and isinstance(call.args[0], ast.Constant)

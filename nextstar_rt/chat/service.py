@@ -91,13 +91,12 @@ class ChatService:
             pass  # created concurrently by the peer; read it below
         async with self._database.read() as connection:
             found = await _conversation_by_key(connection, key)
-            return await self._view(connection, user_id, found)
+            return await self._view(connection, user_id, found.id)
 
     async def get(self, user_id: int, conversation_id: int) -> dict[str, Any]:
         async with self._database.read() as connection:
             await _membership(connection, conversation_id, user_id)
-            row = await _conversation(connection, conversation_id)
-            return await self._view(connection, user_id, row)
+            return await self._view(connection, user_id, conversation_id)
 
     async def list(self, user_id: int) -> list[dict[str, Any]]:
         """Return the user's conversations, most recently active first."""
@@ -109,62 +108,11 @@ class ChatService:
         return [_listed_view(row) for row in rows]
 
     async def _view(
-        self, connection: Any, user_id: int, row: Any, last: Any = None
+        self, connection: Any, user_id: int, conversation_id: int
     ) -> dict[str, Any]:
-        """Return the wire form of conversation ``row`` as ``user_id`` sees it.
-
-        ``last`` is the conversation's newest message when the caller has it.
-        Only the user's own member row (and, for a direct conversation, the
-        peer's) is read, with a count of the rest: a 500-member group costs
-        the same as a pair.
-        """
-        count = (
-            sa.select(sa.func.count())
-            .where(members.c.conversation_id == row.id)
-            .scalar_subquery()
-        )
-        query = sa.select(
-            members.c.user_id, members.c.read_seq, members.c.joined_seq, count
-        ).where(members.c.conversation_id == row.id)
-        if row.kind != "direct":
-            query = query.where(members.c.user_id == user_id)
-        member_rows = (await connection.execute(query)).all()
-        member_count = member_rows[0][3] if member_rows else 0
-        own = next((m for m in member_rows if m.user_id == user_id), None)
-        read_seq = own.read_seq if own else 0
-        view: dict[str, Any] = {
-            "conversation_id": row.id,
-            "kind": row.kind,
-            "title": row.title,
-            "last_seq": row.last_seq,
-            "read_seq": read_seq,
-            "unread": max(
-                0, row.last_seq - max(read_seq, own.joined_seq if own else 0)
-            ),
-            "member_count": member_count,
-            "updated_at": row.updated_at,
-            "last_message": None,
-        }
-        if row.kind == "direct":
-            peer = next((m for m in member_rows if m.user_id != user_id), None)
-            view["peer_id"] = peer.user_id if peer else None
-            view["peer_read_seq"] = peer.read_seq if peer else 0
-        else:
-            view["owner_id"] = row.owner_id
-        if last is not None and last.seq == row.last_seq:
-            view["last_message"] = message_view(last)
-        elif row.last_seq > (own.joined_seq if own else 0):
-            last = (
-                await connection.execute(
-                    sa.select(messages).where(
-                        messages.c.conversation_id == row.id,
-                        messages.c.seq == row.last_seq,
-                    )
-                )
-            ).first()
-            if last is not None:
-                view["last_message"] = message_view(last)
-        return view
+        """Return one conversation as ``user_id``, a member, sees it."""
+        query = _listing(user_id).where(conversations.c.id == conversation_id)
+        return _listed_view((await connection.execute(query)).one())
 
     # -- groups ------------------------------------------------------------
 
@@ -193,8 +141,7 @@ class ChatService:
                 "group.created",
                 {"title": title, "member_ids": [owner_id, *invited]},
             )
-            row = await _conversation(connection, conversation_id)
-            view = await self._view(connection, owner_id, row)
+            view = await self._view(connection, owner_id, conversation_id)
         for user in (owner_id, *invited):
             self._fanout.control(
                 user, "join", conversation_id=conversation_id, event=event

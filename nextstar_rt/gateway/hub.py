@@ -157,8 +157,7 @@ class Hub:
                         CloseCode.SESSION_REVOKED, args.get("reason", "revoked")
                     )
             return
-        event = args.get("event")
-        frame = event_frame("message.new", event) if event is not None else None
+        frames = _prepared(event_frame("message.new", args["event"]))
         conversation_id = args["conversation_id"]
         channel = conversation_channel(conversation_id)
         for session in sessions:
@@ -167,25 +166,32 @@ class Hub:
                 # arrives after the join notice skips this session.
                 if self._join_locally(session, conversation_id):
                     _spawn(self._broker.subscribe(channel))
-                if frame is not None:
-                    session.send_obj(frame)
+                session.write(frames[session.encoding], force=True)
             elif action == "leave":
-                if frame is not None:
-                    session.send_obj(frame)
+                session.write(frames[session.encoding], force=True)
                 if self._leave_locally(session, conversation_id):
                     _spawn(self._broker.unsubscribe(channel))
 
     def resync(self, channels: Iterable[str]) -> None:
         """Tell sessions behind ``channels`` that pushes may have been lost."""
+        frames = _prepared(event_frame("session.resync", {"reason": "broker"}))
         told: set[Session] = set()
         for channel in channels:
             for session in self._sessions(channel) or ():
                 if session not in told and session.is_open:
                     told.add(session)
-                    session.send_event("session.resync", {"reason": "broker"})
+                    session.write(frames[session.encoding], force=True)
         if told:
             self._metrics.resyncs.inc(len(told))
             logger.info("resync sent to %d sessions", len(told))
+
+
+def _prepared(frame: dict[str, Any]) -> dict[Encoding, bytes]:
+    """Encode ``frame`` once per encoding, for writing to many sessions."""
+    return {
+        encoding: ws_frame(encode(frame, encoding), encoding.is_binary)
+        for encoding in Encoding
+    }
 
 
 _background: set[Any] = set()

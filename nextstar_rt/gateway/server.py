@@ -171,13 +171,13 @@ class Gateway:
         try:
             request = parse_request(decode(data))
         except NextstarError as error:
-            session.reply_error(getattr(error, "request_id", None), error)
+            session.reply_error(error.request_id, error)
             session.bad_frames += 1
             if session.bad_frames >= self._settings.max_bad_frames:
                 session.close(CloseCode.POLICY_VIOLATION, "too many bad frames")
             return
 
-        wait = session.bucket.take()
+        wait = session.bucket.take(session.last_received)
         if wait:
             session.reply_error(
                 request.id,

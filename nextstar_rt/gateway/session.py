@@ -43,9 +43,9 @@ class TokenBucket:
         self.tokens = float(burst)
         self.updated = time.monotonic()
 
-    def take(self) -> float:
-        """Take one token; return 0 on success, else seconds until one is free."""
-        now = time.monotonic()
+    def take(self, now: float) -> float:
+        """Take one token at monotonic time ``now``; return 0 on success, else
+        seconds until one is free."""
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1.0:

@@ -359,6 +359,7 @@ def _store_batch(
     ids, senders = _padded(ids), _padded(senders)
     rows = cursor.rows(sql.lock(len(ids), len(senders)), [*senders, *ids])
     conversation = {row[0]: row for row in rows}
+    directs = {cid: direct_pair(row[3]) for cid, row in conversation.items()}
     last_seq = {row[0]: row[2] for row in rows}
     membership = {(row[0], row[4]) for row in rows if row[4] is not None}
 
@@ -382,7 +383,7 @@ def _store_batch(
         if row is None:
             outcomes.append(NotFound("no such conversation"))
             continue
-        kind, direct = row[1], direct_pair(row[3])
+        kind, direct = row[1], directs[append.conversation_id]
         if (append.conversation_id, append.sender_id) not in membership:
             outcomes.append(
                 NextstarError.with_code(

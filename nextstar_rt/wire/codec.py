@@ -121,7 +121,7 @@ def parse_request(obj: Any) -> Request:
 
 
 def _with_id(error: NextstarError, obj: dict[str, Any]) -> NextstarError:
-    error.request_id = obj["id"]  # type: ignore[attr-defined]
+    error.request_id = obj["id"]
     return error
 
 

@@ -84,6 +84,9 @@ class NextstarError(Exception):
     """
 
     code: ErrorCode = ErrorCode.INTERNAL
+    #: The id of the request it answers, when it was raised before a handler
+    #: had the request (an envelope error); None when the id is unusable.
+    request_id: int | None = None
 
     def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
